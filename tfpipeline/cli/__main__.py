@@ -1,0 +1,5 @@
+import sys
+
+from tfpipeline.cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""`tfpipeline data check|explore|split`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tfpipeline.errors import UserError
+from tfpipeline.flags import add_data_flags, data_config_from_args, parse_floats
+
+EXIT_DATA_PROBLEMS = 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from tfpipeline.data import check_source, resolve_source
+
+    config = data_config_from_args(args, args.data)
+    source = resolve_source(config)
+    report = check_source(source, config)
+    if report is None:
+        print(f"{config.data}: in-memory data ({sum(len(s) for s in source.splits.values())} images), nothing to check")
+        return 0
+    print(report.format())
+    for path in source.ignored_files:
+        print(f"  ignored (unsupported extension): {path}")
+    return EXIT_DATA_PROBLEMS if report.bad_paths else 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from tfpipeline.data import resolve_source
+    from tfpipeline.data.explore import explore
+
+    config = data_config_from_args(args, args.data)
+    report = explore(resolve_source(config), config, args.out)
+    print(report["table"])
+    print()
+    print(f"imbalance ratio (train): {report['imbalance_ratio']}")
+    if report["positive_class"] is not None:
+        print(f"positive class: {report['positive_class']}  prior (train share): {report['positive_prior']}")
+    print(f"image sizes: {report['distinct_image_sizes']} distinct; most common: {report['image_sizes']}")
+    print(f"modes: {report['modes']}")
+    print(f"channel mean {report['channel_mean']}  std {report['channel_std']}")
+    print(
+        f"exact duplicates within splits: {len(report['duplicates_within_splits'])} group(s); "
+        f"leakage across splits: {len(report['leakage_across_splits'])} group(s)"
+    )
+    for group in report["leakage_across_splits"][:10]:
+        print(f"  leak: {' = '.join(group)}")
+    if args.out:
+        print(f"report written to {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from tfpipeline.data import resolve_source
+    from tfpipeline.data.materialize import materialize_split
+
+    config = data_config_from_args(args, args.src)
+    source = resolve_source(config)
+    if source.kind != "folder-classes":
+        raise UserError(f"data split: {args.src} is not a folder of class subfolders (it has split folders?)")
+    written = materialize_split(source, args.out, link=args.link)
+    print(f"wrote {json.dumps(written)} to {args.out} ({'symlinks' if args.link else 'copies'})")
+    return 0
+
+
+def register(commands) -> None:
+    """Add the `data` command group to the top-level subparsers."""
+    from tfpipeline.cli import Parser, show_help
+
+    data = commands.add_parser("data", help="check, explore and split datasets")
+    sub = data.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=Parser)
+    data.set_defaults(func=show_help(data))
+
+    check = sub.add_parser("check", help="decode every file; list bad and unusual ones (exit 1 if bad)")
+    check.add_argument("data", help="image folder, tfds:NAME, faces or digits")
+    add_data_flags(check, with_data=False)
+    check.set_defaults(func=cmd_check)
+
+    explore = sub.add_parser("explore", help="counts, prior, sizes, duplicates, leakage, sample grids")
+    explore.add_argument("data", help="image folder, tfds:NAME, faces or digits")
+    explore.add_argument("--out", help="write report.md, report.json and sample grids here")
+    add_data_flags(explore, with_data=False)
+    explore.set_defaults(func=cmd_explore)
+
+    split = sub.add_parser("split", help="write a stratified train/val/test folder layout")
+    split.add_argument("src", help="folder with one subfolder per class")
+    split.add_argument("out", help="new folder to create")
+    split.add_argument("--ratios", dest="split_ratios", type=parse_floats, help="default 0.75,0.125,0.125")
+    split.add_argument("--seed", type=int, help="default 101")
+    split.add_argument("--classes", help="comma-separated classes to include (default: all)")
+    split.add_argument("--link", action="store_true", help="symlink instead of copying")
+    split.set_defaults(func=cmd_split)

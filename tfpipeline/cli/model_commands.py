@@ -1,0 +1,134 @@
+"""`tfpipeline models [show NAME]` and `tfpipeline train`."""
+
+from __future__ import annotations
+
+import argparse
+
+from tfpipeline.flags import (
+    add_augment_flags,
+    add_data_flags,
+    add_model_flags,
+    add_train_flags,
+    parse_image_size,
+    resolve_run_config,
+)
+
+HEADLINE = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from tfpipeline.models import MODELS
+
+    for name, spec in MODELS.items():
+        print(f"{name:16s} {spec.description}")
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    from tfpipeline.config import ModelConfig
+    from tfpipeline.models import model_summary
+
+    config = ModelConfig(
+        name=args.name, batchnorm=args.batchnorm, dropout=args.dropout, weights=args.weights, padding=args.padding
+    )
+    height, width = args.image_size
+    print(model_summary(config, (height, width, 1 if args.grayscale else 3), args.num_classes))
+    return 0
+
+
+def _figures_callback(bundle, run):
+    from tfpipeline.evaluation.callbacks import EpochFigures
+    from tfpipeline.training.compile import resolve_threshold
+
+    config = run.read_config()
+    return EpochFigures(
+        run.tensorboard_dir,
+        bundle.val,
+        bundle.splits["val"].labels,
+        bundle.info.class_names,
+        bundle.info.positive_index,
+        resolve_threshold(config.train.threshold, bundle.info.train_prior),
+    )
+
+
+def format_metrics(metrics: dict) -> str:
+    """One line per split with the headline numbers."""
+    lines = []
+    for split in ("val", "test"):
+        if split in metrics:
+            values = metrics[split]
+            shown = "  ".join(f"{k}={values[k]:.4f}" for k in HEADLINE if values.get(k) is not None)
+            lines.append(f"  {split:5s} {shown}")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tfpipeline.evaluation.run_report import predict_split, write_run_report
+    from tfpipeline.training import RunFolder, train
+
+    run = None
+    if args.resume:
+        run = RunFolder.open(args.resume)
+        config = resolve_run_config(args, base=_stored(run))
+    else:
+        config = resolve_run_config(args)
+    result = train(config, run=run, resume=run is not None, extra_callbacks=[_figures_callback])
+    info = result.bundle.info
+    predictions = {
+        split: predict_split(
+            result.model, dataset, result.bundle.splits[split].labels, info.num_classes, info.positive_index
+        )
+        for split, dataset in (("val", result.bundle.val), ("test", result.bundle.test))
+        if dataset is not None
+    }
+    metrics = write_run_report(result.run, result.history, predictions, info, config.train.threshold)
+    threshold = metrics["threshold"]
+    print(f"\nrun folder: {result.run.path}")
+    print(
+        f"trained {len(result.history)} epoch(s) in {result.train_seconds:.1f}s"
+        + (" (stopped early)" if result.stopped_early else "")
+        + f"; best epoch {metrics.get('best_epoch')} by {metrics.get('monitor')}"
+    )
+    if threshold["value"] is not None:
+        print(f"decision threshold: {threshold['value']:.4f} ({threshold['policy']}) for '{threshold['positive_class']}'")
+    print(format_metrics(metrics))
+    return 0
+
+
+def _stored(run) -> dict:
+    from tfpipeline.config import load_yaml
+
+    return load_yaml(run.config_file)
+
+
+def register(commands) -> None:
+    """Add `models` and `train` to the top-level subparsers."""
+    from tfpipeline.cli import Parser
+
+    models = commands.add_parser("models", help="list registered models; `models show NAME` for one")
+    sub = models.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=Parser)
+    show = sub.add_parser("show", help="print a model's layers and parameter counts")
+    show.add_argument("name")
+    show.add_argument("--image-size", type=parse_image_size, default=(224, 224))
+    show.add_argument("--num-classes", type=int, default=2)
+    show.add_argument("--grayscale", action="store_true")
+    show.add_argument("--batchnorm", action="store_true")
+    show.add_argument("--dropout", action="store_true")
+    show.add_argument("--padding", choices=("valid", "same"), default="valid")
+    show.add_argument("--weights", default="none", help="none (default here), imagenet or a file")
+    show.set_defaults(func=cmd_models_show)
+    models.set_defaults(func=cmd_models)
+
+    train = commands.add_parser(
+        "train",
+        help="train a model into a run folder",
+        argument_default=argparse.SUPPRESS,
+        description="Train a registered model. Defaults reproduce the assessment: small_cnn, SGD lr 1e-3 "
+        "momentum 0.9, batch 32, 224x224, binary cross-entropy, on the embedded 'faces' data.",
+    )
+    add_model_flags(train)
+    add_data_flags(train)
+    add_augment_flags(train)
+    add_train_flags(train)
+    train.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder", default=None)
+    train.set_defaults(func=cmd_train)

@@ -1,0 +1,230 @@
+"""Find bad image files before training, with the same decoder training uses.
+
+Each file gets a cheap header read with Pillow (format, mode, size, frame count) and a full
+decode with :func:`tfpipeline.data.decode.decode_image`, run in parallel through tf.data. Results
+are cached per file by size and modification time, so a second run over the same folder only
+looks at files that changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Bump when the checks change so stale cache entries are not trusted.
+_CHECK_VERSION = 1
+SUPPORTED_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
+# Pillow's own decompression-bomb limit (~89.5 megapixels) or a side no photo has.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+MAX_SIDE = 30_000
+
+FATAL = {"zero-byte", "unreadable", "not-an-image", "unsupported-format", "corrupt", "too-large"}
+DESCRIPTIONS = {
+    "zero-byte": "empty file",
+    "unreadable": "cannot be read",
+    "not-an-image": "not an image",
+    "unsupported-format": "unsupported format",
+    "corrupt": "truncated or corrupt",
+    "too-large": "absurd dimensions",
+    "cmyk": "CMYK colour (converted to RGB)",
+    "16-bit": "16-bit samples (reduced to 8 bits)",
+    "alpha": "has transparency (alpha dropped)",
+    "palette": "palette image (converted)",
+    "animated": "animated (first frame used)",
+}
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """One finding about one file; `fatal` findings stop training unless `--skip-bad`."""
+
+    path: str
+    kind: str
+    detail: str = ""
+
+    @property
+    def fatal(self) -> bool:
+        return self.kind in FATAL
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {DESCRIPTIONS[self.kind]}"
+        return f"{text} ({self.detail})" if self.detail else text
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Outcome of checking a list of files."""
+
+    checked: int
+    problems: tuple[FileProblem, ...]
+    from_cache: int = 0
+
+    @property
+    def bad_paths(self) -> set[str]:
+        return {p.path for p in self.problems if p.fatal}
+
+    @property
+    def warnings(self) -> tuple[FileProblem, ...]:
+        return tuple(p for p in self.problems if not p.fatal)
+
+    def format(self, limit: int | None = None) -> str:
+        """Human-readable listing: bad files first, then unusual-but-usable ones."""
+        bad = [p for p in self.problems if p.fatal]
+        lines = [
+            f"checked {self.checked} files ({self.from_cache} unchanged since the last check): "
+            f"{len(bad)} bad, {len(self.warnings)} unusual"
+        ]
+        for title, items in (("bad (cannot be used):", bad), ("unusual (usable):", list(self.warnings))):
+            if items:
+                lines.append(title)
+                shown = items if limit is None else items[:limit]
+                lines += [f"  {p}" for p in shown]
+                if len(shown) < len(items):
+                    lines.append(f"  ... and {len(items) - len(shown)} more")
+        return "\n".join(lines)
+
+
+def inspect_header(path: str) -> tuple[list[FileProblem], bool]:
+    """Header-level findings for one file, and whether it is worth a full decode."""
+    try:
+        if os.path.getsize(path) == 0:
+            return [FileProblem(path, "zero-byte")], False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return _header_findings(path, image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return [FileProblem(path, "too-large", str(exc).split(" could")[0])], False
+    except Image.UnidentifiedImageError:
+        return [FileProblem(path, "not-an-image", "no image format recognised")], False
+    except OSError as exc:
+        return [FileProblem(path, "unreadable", exc.strerror or str(exc))], False
+
+
+def _header_findings(path: str, image: Image.Image) -> tuple[list[FileProblem], bool]:
+    width, height = image.size
+    if image.format not in SUPPORTED_FORMATS:
+        supported = ", ".join(sorted(SUPPORTED_FORMATS))
+        return [FileProblem(path, "unsupported-format", f"{image.format}; supported: {supported}")], False
+    if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE or min(width, height) < 1:
+        return [FileProblem(path, "too-large", f"{width}x{height}")], False
+    found = []
+    mode = image.mode
+    if mode == "CMYK":
+        found.append(FileProblem(path, "cmyk"))
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        found.append(FileProblem(path, "16-bit", f"mode {mode}"))
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info and image.format != "GIF"):
+        found.append(FileProblem(path, "alpha", f"mode {mode}"))
+    if mode == "P" and image.format != "GIF":
+        found.append(FileProblem(path, "palette"))
+    if getattr(image, "is_animated", False):
+        found.append(FileProblem(path, "animated", f"{image.n_frames} frames"))
+    return found, True
+
+
+def decode_failures(paths: list[str], channels: int, target_hw: tuple[int, int]) -> dict[str, str]:
+    """Files the training decoder rejects, mapped to the decoder's error message."""
+    if not paths:
+        return {}
+    import tensorflow as tf
+
+    from tfpipeline.data.decode import decode_image
+
+    def try_decode(index, path):
+        image = decode_image(tf.io.read_file(path), channels, target_hw)
+        return index, tf.shape(image)
+
+    decoded = (
+        tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
+        .map(try_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        .ignore_errors()
+    )
+    ok = {int(index) for index, _ in decoded.as_numpy_iterator()}
+    failures = {}
+    for index in sorted(set(range(len(paths))) - ok):
+        try:  # decode the failed file once more, eagerly, only to capture the reason
+            decode_image(tf.io.read_file(paths[index]), channels, target_hw)
+            failures[paths[index]] = "decoder failed intermittently"
+        except tf.errors.OpError as exc:
+            failures[paths[index]] = exc.message.splitlines()[0].split("] ")[-1]
+    return failures
+
+
+def check_files(
+    paths: list[str] | tuple[str, ...],
+    channels: int = 3,
+    target_hw: tuple[int, int] = (224, 224),
+    cache_dir: str | Path | None = None,
+) -> CheckReport:
+    """Check every file; results for unchanged files come from the cache.
+
+    Args:
+        paths: image files.
+        channels, target_hw: the decode settings training will use (reduced-scale JPEG decode
+            depends on the target size, so it is part of what is checked).
+        cache_dir: where results are remembered; default `$TFPIPELINE_CACHE_DIR` or
+            `~/.cache/tfpipeline`. Pass a folder that does not exist to disable reuse.
+
+    Returns:
+        A CheckReport listing every finding, bad files first in path order.
+    """
+    settings = f"v{_CHECK_VERSION}-c{channels}-{target_hw[0]}x{target_hw[1]}"
+    cache_file = _cache_file(cache_dir, settings)
+    cache = _read_cache(cache_file)
+    results: dict[str, list[FileProblem]] = {}
+    to_decode, stats = [], {}
+    from_cache = 0
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            stats[path] = [stat.st_size, stat.st_mtime_ns]
+        except OSError as exc:
+            results[path] = [FileProblem(path, "unreadable", exc.strerror or str(exc))]
+            continue
+        entry = cache.get(path)
+        if entry and entry["stat"] == stats[path]:
+            results[path] = [FileProblem(**p) for p in entry["problems"]]
+            from_cache += 1
+            continue
+        results[path], decodable = inspect_header(path)
+        if decodable:
+            to_decode.append(path)
+    for path, message in decode_failures(to_decode, channels, target_hw).items():
+        results[path].insert(0, FileProblem(path, "corrupt", message))
+    for path, found in results.items():
+        if path in stats:
+            cache[path] = {"stat": stats[path], "problems": [asdict(p) for p in found]}
+    _write_cache(cache_file, cache)
+    problems = [p for path in paths for p in results[path]]
+    problems.sort(key=lambda p: not p.fatal)  # stable: keeps path order within each group
+    return CheckReport(checked=len(paths), problems=tuple(problems), from_cache=from_cache)
+
+
+def _cache_file(cache_dir: str | Path | None, settings: str) -> Path:
+    root = Path(cache_dir or os.environ.get("TFPIPELINE_CACHE_DIR") or Path.home() / ".cache" / "tfpipeline")
+    return root / "checks" / f"{hashlib.sha1(settings.encode()).hexdigest()[:16]}.json"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # no cache yet, or a damaged one: check everything again
+
+
+def _write_cache(path: Path, cache: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs speed on the next run

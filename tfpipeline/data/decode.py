@@ -1,0 +1,117 @@
+"""In-graph image decoding, resizing and scaling: the one definition training, checking and
+serving share, so an exported model preprocesses bytes exactly as the training pipeline did.
+
+Everything here is TensorFlow ops only (no Python per image), so it runs in parallel inside
+`tf.data` and can be traced into a SavedModel signature.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+# Libjpeg can decode at 1/2, 1/4 and 1/8 of full size straight from the DCT coefficients,
+# which skips most of the inverse-DCT and upsampling work.
+JPEG_RATIOS = (1, 2, 4, 8)
+
+PIXEL_RANGES = {"unit": (0.0, 1.0), "symmetric": (-1.0, 1.0), "raw": (0.0, 255.0)}
+
+
+def jpeg_ratio_index(source_hw: tf.Tensor, target_hw: tuple[int, int]) -> tf.Tensor:
+    """Index into `JPEG_RATIOS` of the largest reduction that keeps the image >= target size.
+
+    Args:
+        source_hw: int32 tensor [height, width] of the encoded JPEG.
+        target_hw: the size the image will be resized to afterwards.
+
+    Returns:
+        An int32 scalar tensor; 0 (full scale) when the source is less than twice the target.
+    """
+    target = tf.constant(target_hw, dtype=tf.int32)
+    fits = [tf.reduce_all(source_hw // r >= target) for r in JPEG_RATIOS]
+    # Ratios that fit form a prefix (1 always fits when the source is large enough, and when
+    # it is not, nothing does and full scale is used): count them.
+    return tf.maximum(tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32)) - 1, 0)
+
+
+def decode_image(contents: tf.Tensor, channels: int, target_hw: tuple[int, int] | None = None) -> tf.Tensor:
+    """Decode JPEG/PNG/BMP/GIF bytes to a uint8 [H, W, channels] tensor.
+
+    JPEGs are decoded at a reduced DCT scale when `target_hw` is given and the source is at
+    least twice as large; GIFs yield their first frame; 16-bit PNGs are scaled to 8 bits;
+    alpha is dropped and CMYK converted by the decoder.
+
+    Args:
+        contents: scalar string tensor with the encoded file.
+        channels: 1 (grayscale) or 3 (RGB).
+        target_hw: final size, enabling reduced-scale JPEG decode; None decodes at full size.
+
+    Raises:
+        tf.errors.InvalidArgumentError (at run time) for corrupt or unsupported bytes.
+    """
+
+    def decode_jpeg() -> tf.Tensor:
+        if target_hw is None:
+            return tf.io.decode_jpeg(contents, channels=channels)
+        index = jpeg_ratio_index(tf.io.extract_jpeg_shape(contents)[:2], target_hw)
+        return tf.switch_case(
+            index,
+            branch_fns=[
+                (lambda r=r: tf.io.decode_jpeg(contents, channels=channels, ratio=r)) for r in JPEG_RATIOS
+            ],
+        )
+
+    def decode_other() -> tf.Tensor:
+        return tf.io.decode_image(contents, channels=channels, dtype=tf.uint8, expand_animations=False)
+
+    image = tf.cond(tf.io.is_jpeg(contents), decode_jpeg, decode_other)
+    image.set_shape([None, None, channels])
+    return image
+
+
+def match_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+    """Convert an [..., H, W, C] uint8/float image between 1 and 3 channels."""
+    have = image.shape[-1]
+    if have == channels:
+        return image
+    if have == 1 and channels == 3:
+        return tf.image.grayscale_to_rgb(image)
+    if have == 3 and channels == 1:
+        return tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), image.dtype)
+    raise ValueError(f"cannot convert {have}-channel images to {channels} channels")
+
+
+def resize_image(image: tf.Tensor, size_hw: tuple[int, int], method: str, interpolation: str) -> tf.Tensor:
+    """Resize to `size_hw` and return uint8, so caches hold a quarter of the float32 bytes.
+
+    Args:
+        image: uint8 [H, W, C] (or batched [N, H, W, C]).
+        method: `stretch` ignores aspect ratio (the assessment's choice); `crop` takes the
+            largest centred window of the target aspect ratio; `pad` letterboxes with black.
+        interpolation: a Keras interpolation name (`bilinear`, `nearest`, `bicubic`, ...).
+    """
+    resized = keras.ops.image.resize(
+        tf.cast(image, tf.float32),
+        size_hw,
+        interpolation=interpolation,
+        crop_to_aspect_ratio=method == "crop",
+        pad_to_aspect_ratio=method == "pad",
+        fill_value=0.0,
+    )
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def scale_pixels(images: tf.Tensor, scaling: str) -> tf.Tensor:
+    """Map 0..255 pixels (any dtype) to the float32 range a model expects.
+
+    `unit` -> [0, 1]; `symmetric` -> [-1, 1]; `raw` -> [0, 255] (models that normalise
+    internally, such as resnet50_head with its own `preprocess_input`).
+    """
+    images = tf.cast(images, tf.float32)
+    if scaling == "unit":
+        return images / 255.0
+    if scaling == "symmetric":
+        return images / 127.5 - 1.0
+    if scaling == "raw":
+        return images
+    raise ValueError(f"unknown scaling '{scaling}'")

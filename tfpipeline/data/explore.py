@@ -1,0 +1,214 @@
+"""`tfpipeline data explore`: describe a dataset before training on it.
+
+Counts per split and class, imbalance, the positive-class prior (the assessment's decision
+threshold), image sizes and modes, per-channel statistics, exact duplicates and cross-split
+leakage by content hash, and a 3x3 sample grid per class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+
+from tfpipeline.config import DataConfig
+from tfpipeline.data import resolve_positive
+from tfpipeline.data.pipeline import decoded_images
+from tfpipeline.data.sources import DataSource, Split
+
+
+def count_table(source: DataSource) -> pd.DataFrame:
+    """Images per class (rows) and split (columns), with totals."""
+    table = pd.DataFrame(
+        {
+            name: np.bincount(split.labels, minlength=len(source.class_names))
+            for name, split in source.splits.items()
+        },
+        index=pd.Index(source.class_names, name="class"),
+    )
+    table["total"] = table.sum(axis=1)
+    table.loc["total"] = table.sum(axis=0)
+    return table
+
+
+def content_hashes(split: Split) -> list[str]:
+    """SHA-256 of each example's bytes: the encoded file, or the raw pixel array."""
+    if split.from_files:
+        return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in split.paths]
+    images = split.images if split.images is not None else (x for x, _ in split.dataset.as_numpy_iterator())
+    return [hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() for x in images]
+
+
+def example_names(split: Split, split_name: str) -> list[str]:
+    return list(split.paths) if split.from_files else [f"{split_name}[{i}]" for i in range(len(split))]
+
+
+def find_duplicates(source: DataSource) -> tuple[list[list[str]], list[list[str]]]:
+    """Groups of identical examples within a split, and groups that span splits (leakage)."""
+    groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for name, split in source.splits.items():
+        for digest, example in zip(content_hashes(split), example_names(split, name), strict=True):
+            groups[digest].append((name, example))
+    within, across = [], []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        target = across if len({split for split, _ in members}) > 1 else within
+        target.append([f"{split}: {example}" for split, example in members])
+    return within, across
+
+
+def header_stats(split: Split) -> tuple[Counter, Counter]:
+    """Distribution of (width x height) and colour mode, read from headers only."""
+    sizes, modes = Counter(), Counter()
+    if split.from_files:
+        for path in split.paths:
+            try:
+                with Image.open(path) as image:
+                    sizes[f"{image.width}x{image.height}"] += 1
+                    modes[f"{image.format} {image.mode}"] += 1
+            except (OSError, Image.DecompressionBombError):
+                modes["unreadable"] += 1
+    elif split.images is not None:
+        height, width, channels = split.images.shape[1:]
+        sizes[f"{width}x{height}"] += len(split)
+        modes[f"array {'L' if channels == 1 else 'RGB'}"] += len(split)
+    else:
+        for image, _ in split.dataset.as_numpy_iterator():
+            sizes[f"{image.shape[1]}x{image.shape[0]}"] += 1
+            modes[f"array {'L' if image.shape[-1] == 1 else 'RGB'}"] += 1
+    return sizes, modes
+
+
+def channel_stats(split: Split, config: DataConfig) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] over the split as the pipeline decodes it."""
+    total = total_sq = None
+    pixels = 0
+    for images, _ in decoded_images(split, config).batch(64).as_numpy_iterator():
+        values = images.astype(np.float64).reshape(-1, images.shape[-1]) / 255.0
+        total = values.sum(0) if total is None else total + values.sum(0)
+        total_sq = (values**2).sum(0) if total_sq is None else total_sq + (values**2).sum(0)
+        pixels += values.shape[0]
+    mean = total / pixels
+    std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 0.0))
+    return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
+
+
+def sample_grid(images: np.ndarray, title: str, ncols: int = 3) -> Figure:
+    """A grid of up to ncols x ncols uint8 images with a title (the assessment's figure 1)."""
+    nrows = max(1, int(np.ceil(len(images) / ncols)))
+    fig = Figure(figsize=(2.4 * ncols, 2.4 * nrows + 0.4))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, image in zip(axes.flat, images, strict=False):
+        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def explore(source: DataSource, config: DataConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Compute the report; with `out_dir`, write report.md, report.json and sample grids.
+
+    Returns:
+        The report as a JSON-friendly dict (`table` holds the count table as text).
+    """
+    table = count_table(source)
+    train_counts = np.bincount(source.splits["train"].labels, minlength=len(source.class_names))
+    positive_class, positive_index = resolve_positive(source.class_names, config.positive_class)
+    within, across = find_duplicates(source)
+    sizes, modes = Counter(), Counter()
+    for split in source.splits.values():
+        split_sizes, split_modes = header_stats(split)
+        sizes.update(split_sizes)
+        modes.update(split_modes)
+    # Statistics on a small decode size: means and stds barely depend on resolution.
+    stats_config = replace(config, image_size=(64, 64), resize="stretch")
+    mean, std = channel_stats(source.splits["train"], stats_config)
+    report: dict[str, Any] = {
+        "data": source.location,
+        "layout": source.kind,
+        "classes": list(source.class_names),
+        "counts": {c: {k: int(v) for k, v in row.items()} for c, row in table.to_dict("index").items()},
+        "imbalance_ratio": round(float(train_counts.max() / max(train_counts.min(), 1)), 3),
+        "positive_class": positive_class,
+        "positive_prior": None
+        if positive_index is None
+        else round(float(train_counts[positive_index] / train_counts.sum()), 4),
+        "image_sizes": dict(sizes.most_common(10)),
+        "distinct_image_sizes": len(sizes),
+        "modes": dict(modes.most_common()),
+        "channel_mean": mean,
+        "channel_std": std,
+        "duplicates_within_splits": within,
+        "leakage_across_splits": across,
+        "ignored_files": list(source.ignored_files),
+        "table": table.to_string(),
+    }
+    if out_dir is not None:
+        _write(report, source, config, Path(out_dir), table)
+    return report
+
+
+def _write(report: dict, source: DataSource, config: DataConfig, out: Path, table: pd.DataFrame) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    train = source.splits["train"]
+    rng = np.random.default_rng(config.seed)
+    grid_config = replace(config, image_size=(128, 128))
+    grids = []
+    for index, name in enumerate(source.class_names):
+        chosen = np.sort(rng.permutation(np.flatnonzero(train.labels == index))[:9])
+        mask = np.zeros(len(train), bool)
+        mask[chosen] = True
+        images = np.stack([x for x, _ in decoded_images(train.subset(mask), grid_config).as_numpy_iterator()])
+        fig = sample_grid(images, f"{name}: {len(chosen)} random training images")
+        path = out / f"samples_{_safe(name)}.png"
+        fig.savefig(path, dpi=100)
+        grids.append(path.name)
+    report["sample_grids"] = grids
+    (out / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
+    (out / "report.md").write_text(render_markdown(report, table))
+
+
+def render_markdown(report: dict, table: pd.DataFrame) -> str:
+    lines = [
+        f"# Data report: `{report['data']}`",
+        "",
+        f"Layout: {report['layout']}; classes: {', '.join(report['classes'])}.",
+        "",
+        "## Images per class and split",
+        "",
+        table.to_markdown(),
+        "",
+        f"- Imbalance ratio (largest / smallest train class): {report['imbalance_ratio']}",
+    ]
+    if report["positive_class"] is not None:
+        lines.append(
+            f"- Positive class `{report['positive_class']}`; its share of train (the prior threshold): "
+            f"{report['positive_prior']}"
+        )
+    lines += [
+        f"- Image sizes ({report['distinct_image_sizes']} distinct): "
+        + ", ".join(f"{k} x{v}" for k, v in report["image_sizes"].items()),
+        "- Modes: " + ", ".join(f"{k} x{v}" for k, v in report["modes"].items()),
+        f"- Per-channel mean {report['channel_mean']}, std {report['channel_std']} (pixels in [0, 1])",
+        f"- Exact duplicates within a split: {len(report['duplicates_within_splits'])} group(s)",
+        f"- Leakage (identical content in two splits): {len(report['leakage_across_splits'])} group(s)",
+    ]
+    for group in report["leakage_across_splits"][:20]:
+        lines.append(f"  - {' = '.join(group)}")
+    lines += ["", "## Samples", ""] + [f"![{g}]({g})" for g in report.get("sample_grids", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

@@ -1,0 +1,296 @@
+"""Resolve a `--data` value into labelled splits: image folders, TFDS names, embedded data.
+
+The result is a :class:`DataSource`: class names plus, per split, either file paths (decoded
+later in the tf.data pipeline) or in-memory uint8 arrays. Nothing is decoded here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from tfpipeline.config import DataConfig
+from tfpipeline.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+EMBEDDED = {
+    "faces": "scikit-image's LFW subset: 100 face and 100 non-face 25x25 grayscale photos",
+    "digits": "scikit-learn's handwritten digits: 1,797 8x8 grayscale images, 10 classes",
+}
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+# Files that operating systems and tools drop into folders; never images, never worth a warning.
+_SYSTEM_FILES = {"thumbs.db", "desktop.ini", ".ds_store"}
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One split's labels plus exactly one way to get its images.
+
+    Attributes:
+        labels: int32 class indices.
+        paths: encoded image files, decoded later in the tf.data pipeline.
+        images: in-memory uint8 images [N, H, W, C] (embedded datasets).
+        dataset: a tf.data.Dataset of (uint8 image [H, W, C], label) pairs (TFDS), whose
+            elements line up with `labels`.
+    """
+
+    labels: np.ndarray
+    paths: tuple[str, ...] = ()
+    images: np.ndarray | None = None
+    dataset: Any = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def from_files(self) -> bool:
+        return self.images is None and self.dataset is None
+
+    def subset(self, keep: np.ndarray) -> Split:
+        """The examples where boolean mask `keep` is true, in their original order."""
+        if self.dataset is not None:
+            import tensorflow as tf
+
+            mask = tf.constant(keep)
+            selected = self.dataset.enumerate().filter(lambda i, _: mask[i]).map(lambda _, example: example)
+            return Split(labels=self.labels[keep], dataset=selected)
+        return Split(
+            labels=self.labels[keep],
+            paths=tuple(p for p, k in zip(self.paths, keep, strict=True) if k) if self.paths else (),
+            images=None if self.images is None else self.images[keep],
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class DataSource:
+    """Labelled splits of one dataset.
+
+    Attributes:
+        kind: `folder` (split subfolders), `folder-classes` (split here), `tfds` or `embedded`.
+        location: the folder, `tfds:NAME` or embedded name.
+        class_names: index -> name.
+        splits: `train`, `val` and optionally `test`.
+        ignored_files: files in class folders skipped for an unsupported extension.
+    """
+
+    kind: str
+    location: str
+    class_names: tuple[str, ...]
+    splits: dict[str, Split]
+    ignored_files: tuple[str, ...] = field(default=())
+
+
+def resolve_source(config: DataConfig) -> DataSource:
+    """Turn `config.data` into a DataSource, applying `--classes` and the split policy.
+
+    Raises:
+        UserError: for an unknown `--data` value, empty or inconsistent class folders, or a
+            dataset too small for the requested split.
+    """
+    spec = config.data
+    if spec.startswith("tfds:"):
+        from tfpipeline.data.tfds_source import load_tfds
+
+        return load_tfds(config)
+    if spec in EMBEDDED:
+        return _embedded(config)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _folder(path, config)
+    if path.exists():
+        raise UserError(f"--data {spec}: is a file; expected a folder of class subfolders")
+    raise UserError(
+        f"--data {spec}: no such folder, and not a known dataset "
+        f"(embedded: {', '.join(EMBEDDED)}; or tfds:NAME such as tfds:cifar10)"
+    )
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _subfolders(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _find_split_folders(path: Path) -> dict[str, Path]:
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            if (path / name).is_dir():
+                found[split] = path / name
+                break
+    return found
+
+
+def list_class_folder(folder: Path) -> tuple[list[str], list[str]]:
+    """All image files below `folder` (recursively, sorted) and the other files skipped."""
+    images, ignored = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(full)
+            elif not name.startswith(".") and name.lower() not in _SYSTEM_FILES:
+                ignored.append(full)
+    return images, ignored
+
+
+def _scan_classes(folder: Path, where: str) -> dict[str, tuple[list[str], list[str]]]:
+    classes = {d.name: list_class_folder(d) for d in _subfolders(folder)}
+    if not classes:
+        raise UserError(f"{where}: has no class subfolders (expected one subfolder per class)")
+    return classes
+
+
+def _choose_classes(found: list[str], config: DataConfig, where: str) -> tuple[str, ...]:
+    if not config.classes:
+        return tuple(sorted(found))
+    missing = [c for c in config.classes if c not in found]
+    if missing:
+        raise UserError(f"--classes: {', '.join(missing)} not found in {where} (found: {', '.join(found)})")
+    return tuple(config.classes)
+
+
+def _labelled(scan: dict, classes: tuple[str, ...], where: str) -> tuple[Split, list[str]]:
+    paths, labels, ignored = [], [], []
+    for index, name in enumerate(classes):
+        images, skipped = scan[name]
+        if not images:
+            raise UserError(f"{where}/{name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += images
+        labels += [index] * len(images)
+        ignored += skipped
+    return Split(labels=np.asarray(labels, np.int32), paths=tuple(paths)), ignored
+
+
+def _folder(path: Path, config: DataConfig) -> DataSource:
+    split_dirs = _find_split_folders(path)
+    if not split_dirs:
+        scan = _scan_classes(path, str(path))
+        classes = _choose_classes(list(scan), config, str(path))
+        everything, ignored = _labelled(scan, classes, str(path))
+        splits = stratified_split(everything, config.split_ratios, config.seed, classes)
+        return DataSource("folder-classes", str(path), classes, splits, tuple(ignored))
+    if "train" not in split_dirs:
+        raise UserError(f"{path}: has {', '.join(d.name for d in split_dirs.values())} but no train/ folder")
+    scans = {split: _scan_classes(d, str(d)) for split, d in split_dirs.items()}
+    train_classes = sorted(scans["train"])
+    for split, scan in scans.items():
+        if split != "train" and sorted(scan) != train_classes:
+            only_train = sorted(set(train_classes) - set(scan))
+            only_here = sorted(set(scan) - set(train_classes))
+            detail = "; ".join(
+                part
+                for part in (
+                    f"missing {', '.join(only_train)}" if only_train else "",
+                    f"extra {', '.join(only_here)}" if only_here else "",
+                )
+                if part
+            )
+            raise UserError(f"{split_dirs[split]}: class folders differ from train/ ({detail})")
+    classes = _choose_classes(train_classes, config, str(split_dirs["train"]))
+    splits, ignored = {}, []
+    for split, scan in scans.items():
+        splits[split], skipped = _labelled(scan, classes, str(split_dirs[split]))
+        ignored += skipped
+    if "val" not in splits:
+        # Only train (and maybe test) given: carve validation out of train, stratified.
+        r_train, r_val, _ = config.split_ratios
+        carved = stratified_split(splits["train"], (r_train, r_val, 0.0), config.seed, classes, rescale=True)
+        splits["train"], splits["val"] = carved["train"], carved["val"]
+    return DataSource("folder", str(path), classes, splits, tuple(ignored))
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def stratified_split(
+    data: Split,
+    ratios: tuple[float, float, float],
+    seed: int,
+    class_names: tuple[str, ...],
+    *,
+    rescale: bool = False,
+) -> dict[str, Split]:
+    """Split `data` into train/val(/test) keeping class proportions, deterministically.
+
+    Uses scikit-learn's `train_test_split` with `random_state=seed` (101 by default, as the
+    CIFAR-10 brief asked), first carving test, then val from the rest; the same inputs give the
+    same split on every machine.
+
+    Args:
+        ratios: train/val/test fractions (test may be 0: no test split).
+        rescale: normalise ratios that do not sum to 1 (carving val out of a given train).
+
+    Raises:
+        UserError: naming the class that has too few images for the requested split.
+    """
+    r_train, r_val, r_test = ratios
+    if rescale:
+        total = r_train + r_val + r_test
+        r_train, r_val, r_test = r_train / total, r_val / total, r_test / total
+    counts = np.bincount(data.labels, minlength=len(class_names))
+    needed = 1 + (r_val > 0) + (r_test > 0)
+    for name, count in zip(class_names, counts, strict=True):
+        if count < needed * 2:
+            raise UserError(
+                f"class '{name}' has {count} image(s): too few for a stratified "
+                f"{'/'.join(f'{r:g}' for r in ratios)} split (need at least {needed * 2})"
+            )
+    indices = np.arange(len(data))
+    out = {}
+    rest = indices
+    try:
+        if r_test > 0:
+            rest, test = train_test_split(indices, test_size=r_test, random_state=seed, stratify=data.labels)
+            out["test"] = np.sort(test)
+        train, val = train_test_split(
+            rest, test_size=r_val / (r_train + r_val), random_state=seed, stratify=data.labels[rest]
+        )
+    except ValueError as exc:  # e.g. a split smaller than the number of classes
+        raise UserError(
+            f"{len(data)} images in {len(class_names)} classes are too few for a stratified "
+            f"{'/'.join(f'{r:g}' for r in ratios)} split: {str(exc).splitlines()[0]}"
+        ) from None
+    out["train"], out["val"] = np.sort(train), np.sort(val)
+    result = {}
+    for name in ("train", "val", "test"):
+        if name in out:
+            mask = np.zeros(len(data), bool)
+            mask[out[name]] = True
+            result[name] = data.subset(mask)
+    return result
+
+
+# --------------------------------------------------------------------------- embedded
+
+
+def _embedded(config: DataConfig) -> DataSource:
+    if config.data == "faces":
+        from skimage.data import lfw_subset
+
+        # 200 25x25 floats in [0, 1]: the first 100 are faces, the last 100 are not.
+        images = np.round(lfw_subset() * 255).astype(np.uint8)[..., None]
+        labels = np.repeat(np.array([1, 0], np.int32), 100)
+        names = ("background", "face")
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+        labels = digits.target.astype(np.int32)
+        names = tuple(str(d) for d in range(10))
+    classes = _choose_classes(list(names), config, f"embedded dataset '{config.data}'")
+    # Re-index labels to the chosen class order and drop classes not selected.
+    remap = np.array([classes.index(n) if n in classes else -1 for n in names], np.int32)
+    labels = remap[labels]
+    keep = labels >= 0
+    everything = Split(labels=labels[keep], images=images[keep])
+    splits = stratified_split(everything, config.split_ratios, config.seed, classes)
+    return DataSource("embedded", config.data, classes, splits)

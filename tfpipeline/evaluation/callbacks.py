@@ -1,0 +1,49 @@
+"""TensorBoard images every epoch: validation ROC curve and confusion matrix.
+
+Keras' TensorBoard callback writes scalars only; no built-in callback renders figures, so this
+one predicts the validation split at each epoch end and logs the two figures as images.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfpipeline.evaluation.metrics import predict_labels
+from tfpipeline.evaluation.plots import figure_to_png_bytes, plot_confusion_matrix, plot_roc
+from tfpipeline.evaluation.run_report import class_probabilities
+
+
+class EpochFigures(keras.callbacks.Callback):
+    """Log ROC and confusion-matrix images of the validation split to TensorBoard.
+
+    Args:
+        log_dir: TensorBoard folder (images go to its `validation_figures` run).
+        dataset: ordered validation dataset.
+        labels: class indices matching `dataset`'s order.
+        class_names: names for axes and legends.
+        positive_index: binary positive class index (None for multi-class).
+        threshold: binary decision threshold for the confusion matrix.
+    """
+
+    def __init__(self, log_dir, dataset, labels, class_names, positive_index=None, threshold=0.5):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(str(log_dir) + "/validation_figures")
+        self.dataset, self.labels = dataset, np.asarray(labels)
+        self.class_names, self.positive_index, self.threshold = list(class_names), positive_index, threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        raw = self.model.predict(self.dataset, verbose=0)
+        probs = class_probabilities(raw, len(self.class_names), self.positive_index)
+        index = self.positive_index if self.positive_index is not None else 1
+        y_pred = predict_labels(probs, positive_index=index, threshold=self.threshold)
+        figures = {
+            "roc": plot_roc(self.labels, probs, self.class_names, index),
+            "confusion_matrix": plot_confusion_matrix(self.labels, y_pred, self.class_names),
+        }
+        with self.writer.as_default(step=epoch):
+            for name, figure in figures.items():
+                image = tf.io.decode_png(figure_to_png_bytes(figure), channels=4)
+                tf.summary.image(name, image[None], step=epoch)
+        self.writer.flush()
