@@ -12,7 +12,6 @@ from functools import cache
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tfpipeline import models
 from tfpipeline.config import ModelConfig
@@ -282,30 +281,6 @@ def test_keras_save_load_round_trip_gives_identical_predictions(name, tmp_path):
     np.testing.assert_array_equal(before, after)
     assert models.parameter_counts(reloaded) == models.parameter_counts(model)
     assert [layer.trainable for layer in reloaded.layers] == [layer.trainable for layer in model.layers]
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"), [("small_cnn", "conv4"), ("keras_cnn", "conv2"), ("resnet50_head", "resnet50")]
-)
-def test_last_conv_layer_and_grad_cam_model(name, expected):
-    model = built(name, 3, 2)
-    assert models.find_last_conv_layer(model) == expected
-    grad_model = models.grad_cam_model(model)
-    x = tf.constant(images(model, 1))
-    with tf.GradientTape() as tape:
-        features, preds = grad_model(x, training=False)
-        score = preds[:, 0]
-    grads = tape.gradient(score, features)
-    assert features.shape.rank == 4
-    assert grads is not None and grads.shape == features.shape
-    # Same weights, same predictions as the model itself.
-    np.testing.assert_allclose(preds.numpy(), keras.ops.convert_to_numpy(model(x, training=False)), rtol=1e-5)
-
-
-def test_find_last_conv_layer_without_conv():
-    dense_only = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    with pytest.raises(UserError, match="no convolutional layer"):
-        models.find_last_conv_layer(dense_only)
 
 
 def test_model_summary_text():

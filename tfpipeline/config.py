@@ -180,7 +180,9 @@ class TrainConfig:
             except ValueError:
                 value = -1.0
             if not 0.0 < value < 1.0:
-                raise UserError(f"--threshold must be prior, tuned or a number in (0, 1); got '{self.threshold}'")
+                raise UserError(
+                    f"--threshold must be prior, tuned or a number in (0, 1); got '{self.threshold}'"
+                )
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.lr <= 0:
@@ -217,9 +219,7 @@ def from_dict(cls: type, values: dict[str, Any] | None, *, where: str = "config"
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
-        )
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in values.items()}
     return cls(**kwargs)
 

@@ -39,7 +39,9 @@ def show_help(parser: argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from tfpipeline.cli import data_commands, eval_commands, model_commands
 
-    parser = Parser(prog="tfpipeline", description="Keras image classification: data, train, evaluate, serve.")
+    parser = Parser(
+        prog="tfpipeline", description="Keras image classification: data, train, evaluate, serve."
+    )
     parser.add_argument("--version", action="version", version=f"tfpipeline {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

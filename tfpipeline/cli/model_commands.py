@@ -29,7 +29,11 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     from tfpipeline.models import model_summary
 
     config = ModelConfig(
-        name=args.name, batchnorm=args.batchnorm, dropout=args.dropout, weights=args.weights, padding=args.padding
+        name=args.name,
+        batchnorm=args.batchnorm,
+        dropout=args.dropout,
+        weights=args.weights,
+        padding=args.padding,
     )
     height, width = args.image_size
     print(model_summary(config, (height, width, 1 if args.grayscale else 3), args.num_classes))
@@ -90,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         + f"; best epoch {metrics.get('best_epoch')} by {metrics.get('monitor')}"
     )
     if threshold["value"] is not None:
-        print(f"decision threshold: {threshold['value']:.4f} ({threshold['policy']}) for '{threshold['positive_class']}'")
+        value, policy, positive = threshold["value"], threshold["policy"], threshold["positive_class"]
+        print(f"decision threshold: {value:.4f} ({policy}) for '{positive}'")
     print(format_metrics(metrics))
     return 0
 

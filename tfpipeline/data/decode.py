@@ -39,7 +39,10 @@ def decode_image(contents: tf.Tensor, channels: int, target_hw: tuple[int, int] 
 
     JPEGs are decoded at a reduced DCT scale when `target_hw` is given and the source is at
     least twice as large; GIFs yield their first frame; 16-bit PNGs are scaled to 8 bits;
-    alpha is dropped and CMYK converted by the decoder.
+    alpha is dropped and CMYK converted by the decoder. Every format is decoded to RGB first
+    and converted to grayscale afterwards when `channels` is 1: TensorFlow's GIF, BMP and CMYK
+    JPEG decoders cannot produce one channel directly, and one conversion for all formats
+    gives the same grey values whatever the file type.
 
     Args:
         contents: scalar string tensor with the encoded file.
@@ -50,23 +53,24 @@ def decode_image(contents: tf.Tensor, channels: int, target_hw: tuple[int, int] 
         tf.errors.InvalidArgumentError (at run time) for corrupt or unsupported bytes.
     """
 
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+
     def decode_jpeg() -> tf.Tensor:
         if target_hw is None:
-            return tf.io.decode_jpeg(contents, channels=channels)
+            return tf.io.decode_jpeg(contents, channels=3)
         index = jpeg_ratio_index(tf.io.extract_jpeg_shape(contents)[:2], target_hw)
         return tf.switch_case(
             index,
-            branch_fns=[
-                (lambda r=r: tf.io.decode_jpeg(contents, channels=channels, ratio=r)) for r in JPEG_RATIOS
-            ],
+            branch_fns=[(lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r)) for r in JPEG_RATIOS],
         )
 
     def decode_other() -> tf.Tensor:
-        return tf.io.decode_image(contents, channels=channels, dtype=tf.uint8, expand_animations=False)
+        return tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
 
     image = tf.cond(tf.io.is_jpeg(contents), decode_jpeg, decode_other)
-    image.set_shape([None, None, channels])
-    return image
+    image.set_shape([None, None, 3])
+    return match_channels(image, channels)
 
 
 def match_channels(image: tf.Tensor, channels: int) -> tf.Tensor:

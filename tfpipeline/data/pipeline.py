@@ -9,7 +9,11 @@ and after the cache so every epoch sees new random transforms.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfpipeline.config import AugmentConfig, DataConfig
@@ -40,6 +44,27 @@ def decoded_images(split: Split, config: DataConfig) -> tf.data.Dataset:
     else:
         source = split.dataset
     return source.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def cache_path(split: Split, config: DataConfig, cache_name: str) -> str:
+    """On-disk cache prefix `<--cache>-<cache_name>-<key>`, creating its folder.
+
+    The key hashes the examples and every setting that changes the cached pixels, so a cache
+    written for another image size, colour mode or file list is never read back by mistake
+    (tf.data would silently return the stale images, or fail on their shape).
+    """
+    digest = hashlib.sha1(
+        repr(
+            (config.data, tuple(config.image_size), config.color_mode, config.resize, config.interpolation)
+        ).encode()
+    )
+    digest.update(np.ascontiguousarray(split.labels).tobytes())
+    digest.update("\0".join(split.paths).encode())
+    if split.images is not None:
+        digest.update(np.ascontiguousarray(split.images).tobytes())
+    prefix = Path(config.cache).expanduser()
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    return f"{prefix}-{cache_name}-{digest.hexdigest()[:12]}"
 
 
 def make_augmenter(augment: AugmentConfig, seed: int) -> keras.Sequential | None:
@@ -96,7 +121,7 @@ def build_dataset(
     if config.cache == "memory":
         dataset = dataset.cache()
     elif config.cache != "none":
-        dataset = dataset.cache(f"{config.cache}-{cache_name}")
+        dataset = dataset.cache(cache_path(split, config, cache_name))
     if training:
         dataset = dataset.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(config.batch_size)

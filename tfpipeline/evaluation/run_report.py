@@ -53,7 +53,9 @@ def predict_split(model, dataset, labels: np.ndarray, num_classes: int, positive
     return SplitPredictions(np.asarray(labels), class_probabilities(raw, num_classes, positive_index))
 
 
-def decide_threshold(policy: str, train_prior: float | None, val: SplitPredictions, positive_index) -> float | None:
+def decide_threshold(
+    policy: str, train_prior: float | None, val: SplitPredictions, positive_index
+) -> float | None:
     """The binary decision threshold for this run; None for multi-class tasks."""
     if positive_index is None:
         return None
@@ -66,7 +68,9 @@ def decide_threshold(policy: str, train_prior: float | None, val: SplitPredictio
     )
 
 
-def write_run_report(run, history: pd.DataFrame, predictions: dict[str, SplitPredictions], info, policy: str) -> dict:
+def write_run_report(
+    run, history: pd.DataFrame, predictions: dict[str, SplitPredictions], info, policy: str
+) -> dict:
     """Write metrics.json and the standard PNGs into the run folder; return the metrics.
 
     Args:
@@ -90,8 +94,13 @@ def write_run_report(run, history: pd.DataFrame, predictions: dict[str, SplitPre
             kwargs["threshold"] = threshold
         metrics[split] = classification_metrics(pred.y_true, pred.probs, class_names, **kwargs)
         y_pred = predict_labels(pred.probs, **kwargs)
-        save_figure(plot_confusion_matrix(pred.y_true, y_pred, class_names), run.plots_dir / f"confusion_{split}.png")
-        save_figure(plot_roc(pred.y_true, pred.probs, class_names, kwargs["positive_index"]), run.plots_dir / f"roc_{split}.png")
+        save_figure(
+            plot_confusion_matrix(pred.y_true, y_pred, class_names), run.plots_dir / f"confusion_{split}.png"
+        )
+        save_figure(
+            plot_roc(pred.y_true, pred.probs, class_names, kwargs["positive_index"]),
+            run.plots_dir / f"roc_{split}.png",
+        )
         save_figure(
             plot_precision_recall(pred.y_true, pred.probs, class_names, kwargs["positive_index"]),
             run.plots_dir / f"pr_{split}.png",

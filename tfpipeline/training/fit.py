@@ -193,7 +193,9 @@ def train(
         targets = binary_targets(bundle, "train") if num_classes == 2 else bundle.splits["train"].labels
         weights = class_weights(targets, 2 if num_classes == 2 else num_classes)
 
-    callbacks = make_callbacks(run, config, num_classes, resume) + [make(bundle, run) for make in extra_callbacks]
+    callbacks = make_callbacks(run, config, num_classes, resume) + [
+        make(bundle, run) for make in extra_callbacks
+    ]
     start = time.perf_counter()
     try:
         fit = model.fit(

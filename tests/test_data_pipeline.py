@@ -1,0 +1,269 @@
+"""tf.data pipelines: decoding, resizing, scaling, caching, shuffling, augmentation, labels."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tfpipeline.config import AugmentConfig, DataConfig
+from tfpipeline.data import build_dataset, resolve_source
+from tfpipeline.data.decode import decode_image, jpeg_ratio_index, resize_image
+from tfpipeline.data.pipeline import decoded_images
+from tfpipeline.data.sources import Split
+
+SMALL = (24, 24)
+
+
+def config_for(data, **options) -> DataConfig:
+    options.setdefault("image_size", SMALL)
+    options.setdefault("batch_size", 4)
+    return DataConfig(data=str(data), **options)
+
+
+def train_split(folder, **options):
+    config = config_for(folder, **options)
+    return resolve_source(config).splits["train"], config
+
+
+def batches(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    return list(dataset.as_numpy_iterator())
+
+
+def one_file_split(path) -> Split:
+    return Split(labels=np.array([0], np.int32), paths=(str(path),))
+
+
+def decode_one(path, **options) -> np.ndarray:
+    config = DataConfig(**{"image_size": (20, 20), **options})
+    [(image, _)] = list(decoded_images(one_file_split(path), config).as_numpy_iterator())
+    return image
+
+
+# --------------------------------------------------------------------------- shapes and ranges
+
+
+@pytest.mark.parametrize(
+    ("scaling", "low", "high"), [("unit", 0.0, 1.0), ("symmetric", -1.0, 1.0), ("raw", 0.0, 255.0)]
+)
+@pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
+def test_shapes_and_value_ranges(image_folder, scaling, low, high, color_mode):
+    split, config = train_split(image_folder, color_mode=color_mode)
+    dataset = build_dataset(split, config, scaling=scaling, training=False, num_classes=2)
+    images = np.concatenate([x for x, _ in batches(dataset)])
+    channels = 1 if color_mode == "grayscale" else 3
+    assert images.shape == (16, *SMALL, channels) and images.dtype == np.float32
+    assert images.min() >= low and images.max() <= high
+    # Exactly the documented map from 0..255 pixels (not, say, [0, 1] when raw was asked for).
+    pixels = np.stack([x for x, _ in decoded_images(split, config).as_numpy_iterator()]).astype(np.float32)
+    np.testing.assert_allclose(images, low + pixels * (high - low) / 255.0, atol=1e-5)
+
+
+def test_grayscale_is_luminance_of_rgb(image_folder):
+    split, config = train_split(image_folder)
+    rgb = np.stack([x for x, _ in decoded_images(split, config).as_numpy_iterator()]).astype(float)
+    gray = np.stack(
+        [x for x, _ in decoded_images(split, replace(config, color_mode="grayscale")).as_numpy_iterator()]
+    ).astype(float)
+    luminance = rgb @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(gray[..., 0] - luminance).mean() < 3
+
+
+@pytest.mark.parametrize("label_mode", ["binary", "categorical", "int"])
+def test_label_shapes(image_folder, label_mode):
+    split, config = train_split(image_folder)
+    dataset = build_dataset(split, config, scaling="unit", training=False, num_classes=2, label_mode=label_mode)
+    _, labels = batches(dataset)[0]
+    expected = {"binary": (4, 1), "categorical": (4, 2), "int": (4,)}[label_mode]
+    assert labels.shape == expected
+    flat = labels.argmax(-1) if label_mode == "categorical" else labels.ravel()
+    assert flat.tolist() == split.labels[:4].tolist()
+
+
+def test_bad_label_mode(image_folder):
+    split, config = train_split(image_folder)
+    with pytest.raises(ValueError, match="label_mode"):
+        build_dataset(split, config, scaling="unit", training=False, num_classes=2, label_mode="onehot")
+
+
+def test_in_memory_grayscale_images_become_rgb():
+    config = DataConfig(data="digits", image_size=(16, 16), batch_size=8)
+    split = resolve_source(config).splits["val"]
+    images, labels = batches(build_dataset(split, config, scaling="unit", training=False, num_classes=10))[0]
+    assert images.shape == (8, 16, 16, 3) and labels.shape == (8,)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize("kind", ["cmyk", "rgba", "16-bit", "16-bit-rgb", "palette", "animated"])
+@pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
+def test_unusual_files_decode(tmp_path, add_bad_file, kind, color_mode):
+    image = decode_one(add_bad_file(tmp_path, kind), color_mode=color_mode)
+    assert image.shape == (20, 20, 1 if color_mode == "grayscale" else 3)
+    if kind == "animated":
+        assert abs(float(image.mean()) - 20) < 3  # the first frame
+    if kind == "16-bit-rgb":
+        assert abs(float(image.mean()) - 40000 / 257) < 2  # 16 -> 8 bits keeps brightness
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "PNG", "JPEG"])
+@pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
+def test_formats_decode_in_both_colour_modes(tmp_path, fmt, color_mode):
+    gray = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (30, 1))
+    path = tmp_path / f"image.{fmt.lower()}"
+    Image.fromarray(np.stack([gray] * 3, -1)).save(path, format=fmt)
+    image = decode_one(path, color_mode=color_mode, image_size=(30, 40)).astype(float)
+    assert image.shape == (30, 40, 1 if color_mode == "grayscale" else 3)
+    assert np.abs(image[..., 0] - gray).mean() < 4
+
+
+def test_jpeg_ratio_index():
+    def index(source, target):
+        return int(jpeg_ratio_index(tf.constant(source, tf.int32), target))
+
+    assert index((256, 256), (64, 64)) == 2  # 1/4 scale
+    assert index((127, 256), (64, 64)) == 0  # height is less than twice the target
+    assert index((128, 128), (64, 64)) == 1
+    assert index((4000, 3000), (64, 64)) == 3
+    assert index((32, 32), (64, 64)) == 0  # smaller than the target: full scale
+
+
+def test_reduced_scale_jpeg_matches_full_decode(tmp_path):
+    y, x = np.mgrid[0:256, 0:256].astype(np.float32)
+    smooth = np.stack([x, y, 255 - (x + y) / 2], -1)
+    smooth = 128 + 100 * np.sin(smooth / 60.0)
+    path = tmp_path / "smooth.jpg"
+    Image.fromarray(smooth.astype(np.uint8)).save(path, quality=95)
+    contents = tf.io.read_file(str(path))
+    reduced = decode_image(contents, 3, (64, 64))
+    assert tuple(reduced.shape) == (64, 64, 3)  # decoded at 1/4 scale, not 256x256
+    full = decode_image(contents, 3, None)
+    assert tuple(full.shape) == (256, 256, 3)
+    a = resize_image(reduced, (64, 64), "stretch", "bilinear").numpy().astype(float)
+    b = resize_image(full, (64, 64), "stretch", "area").numpy().astype(float)
+    assert np.abs(a - b).mean() < 6
+
+
+# --------------------------------------------------------------------------- resizing
+
+
+def non_square_image(tmp_path):
+    """80 wide x 40 high: a white 40x40 centre square between black side bands."""
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[:, 20:60] = 255
+    path = tmp_path / "wide.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["stretch", "crop", "pad"])
+@pytest.mark.parametrize("size", [(20, 20), (16, 32), (33, 17)])
+def test_resize_methods_give_target_size(tmp_path, method, size):
+    image = decode_one(non_square_image(tmp_path), resize=method, image_size=size)
+    assert image.shape == (*size, 3)
+
+
+def test_crop_keeps_aspect_ratio(tmp_path):
+    path = non_square_image(tmp_path)
+    cropped = decode_one(path, resize="crop")
+    assert cropped.min() == 255  # the centred square window is all white: nothing squeezed
+    stretched = decode_one(path, resize="stretch")
+    assert stretched[:, :3].max() == 0 and stretched[:, 8:12].min() == 255
+    padded = decode_one(path, resize="pad")
+    assert padded[:4].max() == 0 and padded[-4:].max() == 0  # letterbox bars
+    assert padded[6:14, 7:13].min() == 255
+
+
+# --------------------------------------------------------------------------- order and caching
+
+
+def test_same_seed_same_batches_and_other_seed_other_order(image_folder):
+    def first_epoch(seed):
+        split, config = train_split(image_folder, seed=seed)
+        return batches(build_dataset(split, config, scaling="unit", training=True, num_classes=2))
+
+    a, b, c = first_epoch(5), first_epoch(5), first_epoch(6)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert any(not np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c, strict=True))
+
+
+def test_training_reshuffles_each_epoch_and_eval_keeps_order(image_folder):
+    split, config = train_split(image_folder, batch_size=16)
+    train = build_dataset(split, config, scaling="raw", training=True, num_classes=2)
+    epoch1, epoch2 = batches(train)[0][0], batches(train)[0][0]
+    assert not np.array_equal(epoch1, epoch2)
+    np.testing.assert_array_equal(np.sort(epoch1.ravel()), np.sort(epoch2.ravel()))
+    val = build_dataset(split, config, scaling="raw", training=False, num_classes=2)
+    expected = np.stack([x for x, _ in decoded_images(split, config).as_numpy_iterator()])
+    np.testing.assert_array_equal(batches(val)[0][0], expected)
+
+
+@pytest.mark.parametrize("cache", ["memory", "none", "file"])
+def test_cache_modes_give_identical_batches(image_folder, tmp_path, cache):
+    if cache == "file":
+        cache = str(tmp_path / "cache" / "faces")
+    split, config = train_split(image_folder)
+    reference = batches(build_dataset(split, config, scaling="unit", training=False, num_classes=2))
+    cached_config = replace(config, cache=cache)
+    dataset = build_dataset(split, cached_config, scaling="unit", training=False, num_classes=2)
+    for _ in range(2):  # the second pass reads the cache
+        for (x, y), (rx, ry) in zip(batches(dataset), reference, strict=True):
+            np.testing.assert_array_equal(x, rx)
+            np.testing.assert_array_equal(y, ry)
+    if cache not in ("memory", "none"):
+        assert list((tmp_path / "cache").iterdir())
+
+
+def test_file_cache_is_not_reused_for_other_settings(image_folder, tmp_path):
+    split, config = train_split(image_folder, cache=str(tmp_path / "c"))
+    first = batches(build_dataset(split, config, scaling="unit", training=False, num_classes=2))
+    assert first[0][0].shape[1:3] == SMALL
+    bigger = replace(config, image_size=(32, 32))
+    second = batches(build_dataset(split, bigger, scaling="unit", training=False, num_classes=2))
+    assert second[0][0].shape[1:3] == (32, 32)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_augmentation_changes_train_batches_only(image_folder):
+    split, plain = train_split(image_folder, batch_size=16)
+    augmented = replace(plain, augment=AugmentConfig(flip=True, rotation=0.2, zoom=0.2, brightness=0.3))
+
+    def images(config, training):
+        dataset = build_dataset(split, config, scaling="raw", training=training, num_classes=2)
+        return batches(dataset)[0]
+
+    (x_plain, y_plain), (x_aug, y_aug) = images(plain, True), images(augmented, True)
+    np.testing.assert_array_equal(y_plain, y_aug)  # same seed: same order
+    assert np.abs(x_plain - x_aug).mean() > 5
+    assert x_aug.min() >= 0 and x_aug.max() <= 255
+    np.testing.assert_array_equal(images(plain, False)[0], images(augmented, False)[0])
+
+
+def test_augmentation_is_seeded_and_differs_between_epochs(image_folder):
+    split, config = train_split(image_folder, batch_size=16, augment=AugmentConfig(rotation=0.3))
+
+    def dataset():
+        return build_dataset(split, config, scaling="raw", training=True, num_classes=2)
+
+    first = dataset()
+    epoch1, epoch2 = batches(first)[0][0], batches(first)[0][0]
+    np.testing.assert_allclose(batches(dataset())[0][0], epoch1, atol=1e-3)
+    # Another epoch: new order *and* new transforms, so the multiset of pixels changes too.
+    assert not np.allclose(np.sort(epoch1.ravel()), np.sort(epoch2.ravel()), atol=1e-3)
+
+
+def test_augment_config_validation():
+    from tfpipeline.errors import UserError
+
+    assert not AugmentConfig().enabled
+    assert AugmentConfig(flip=True).enabled
+    with pytest.raises(UserError, match="rotation"):
+        AugmentConfig(rotation=1.5)

@@ -1,0 +1,219 @@
+"""Training stage: run folder contents, metrics vs scikit-learn, thresholds, config handling."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from tfpipeline.cli import main
+from tfpipeline.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from tfpipeline.data import load_data
+from tfpipeline.evaluation.metrics import choose_threshold
+from tfpipeline.evaluation.run_report import class_probabilities, predict_split, write_run_report
+from tfpipeline.training import RunFolder, train
+from tfpipeline.training.fit import class_weights
+from tfpipeline.training.metrics import MacroPrecision, MacroRecall
+
+TINY = ["--image-size", "32", "--padding", "same", "--batch-size", "8"]
+
+
+def tiny_config(data, **train_overrides) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(data=str(data), image_size=(32, 32), batch_size=8),
+        model=ModelConfig(name="small_cnn", padding="same"),
+        train=TrainConfig(**{"epochs": 2, "run_dir": str(data.parent / "runs"), **train_overrides}),
+    )
+
+
+def only_run(parent) -> RunFolder:
+    runs = sorted(p for p in parent.iterdir() if p.is_dir())
+    assert len(runs) == 1, runs
+    return RunFolder.open(runs[0])
+
+
+def test_cli_train_writes_every_artifact(image_folder, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    code = main(["train", "--data", str(image_folder), "--epochs", "2", "--run-dir", str(runs), *TINY])
+    assert code == 0
+    out = capsys.readouterr().out
+    run = only_run(runs)
+    assert f"run folder: {run.path}" in out
+    assert "val " in out and "test " in out and "roc_auc=" in out
+
+    for name in ("config.yaml", "run.json", "classes.json", "history.csv", "metrics.json"):
+        assert (run.path / name).is_file(), name
+    assert run.best_checkpoint.is_file() and run.last_checkpoint.is_file()
+    split_files = {p.name for p in (run.path / "splits").iterdir()}
+    assert split_files == {"train.csv", "val.csv", "test.csv"}
+    train_rows = pd.read_csv(run.path / "splits" / "train.csv")
+    assert len(train_rows) == 16 and set(train_rows["class"]) == {"blue", "red"}
+
+    history = pd.read_csv(run.history_file)
+    assert len(history) == 2
+    for metric in ("loss", "accuracy", "precision", "recall", "f1", "auc", "pr_auc"):
+        assert metric in history and f"val_{metric}" in history
+    assert "epoch_seconds" in history and "learning_rate" in history
+
+    plots = {p.name for p in run.plots_dir.iterdir()}
+    for split in ("val", "test"):
+        assert {f"roc_{split}.png", f"pr_{split}.png", f"confusion_{split}.png"} <= plots
+    assert "learning_curves.png" in plots
+    # TensorBoard: scalars for train/validation and per-epoch figure images.
+    for sub in ("train", "validation", "validation_figures"):
+        assert any((run.tensorboard_dir / sub).glob("events.out.tfevents.*")), sub
+
+    metrics = json.loads(run.metrics_file.read_text())
+    assert set(metrics) >= {"val", "test", "threshold"}
+    assert metrics["threshold"] == {"policy": "0.5", "value": 0.5, "positive_class": "red"}
+    info = json.loads(run.run_file.read_text())
+    assert info["status"] == "finished" and info["epochs_run"] == 2
+    assert info["data"]["counts"]["train"] == {"blue": 8, "red": 8}
+
+
+def test_epoch_metrics_agree_with_sklearn(image_folder):
+    """The last epoch's val_* columns equal scikit-learn on the last checkpoint's predictions."""
+    result = train(tiny_config(image_folder, epochs=2))
+    last = keras.models.load_model(result.run.last_checkpoint)
+    bundle = load_data(result.config.data, scaling=result.scaling)
+    y_true = bundle.splits["val"].labels
+    scores = last.predict(bundle.val, verbose=0).reshape(-1)
+    y_pred = (scores >= 0.5).astype(int)
+    row = result.history.iloc[-1]
+    assert row["val_accuracy"] == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-6)
+    assert row["val_precision"] == pytest.approx(precision_score(y_true, y_pred, zero_division=0), abs=1e-6)
+    assert row["val_recall"] == pytest.approx(recall_score(y_true, y_pred, zero_division=0), abs=1e-6)
+    assert row["val_f1"] == pytest.approx(f1_score(y_true, y_pred, zero_division=0), abs=1e-5)
+    if len(set(y_true)) == 2:
+        # Keras' AUC integrates over 500 fixed thresholds: close to, not exactly, sklearn's.
+        assert row["val_auc"] == pytest.approx(roc_auc_score(y_true, scores), abs=0.02)
+
+
+def test_prior_and_tuned_thresholds(image_folder, make_images):
+    # Unbalance train so the prior differs from 0.5: 8 blue, 14 red -> prior of red = 14/22.
+    make_images(image_folder / "train" / "red", 6, "red", start=100)
+    prior_run = train(tiny_config(image_folder, threshold="prior", epochs=1))
+    info = prior_run.bundle.info
+    assert info.train_prior == pytest.approx(14 / 22)
+    preds = {
+        "val": predict_split(
+            prior_run.model, prior_run.bundle.val, prior_run.bundle.splits["val"].labels, 2, 1
+        )
+    }
+    metrics = write_run_report(prior_run.run, prior_run.history, preds, info, "prior")
+    assert metrics["threshold"]["value"] == pytest.approx(14 / 22)
+    assert metrics["val"]["threshold"] == pytest.approx(14 / 22)
+
+    tuned = write_run_report(prior_run.run, prior_run.history, preds, info, "tuned")
+    expected = choose_threshold(
+        "tuned",
+        train_prior=info.train_prior,
+        val_true=preds["val"].y_true,
+        val_scores=preds["val"].probs[:, 1],
+    )
+    assert tuned["threshold"]["value"] == pytest.approx(expected)
+
+
+def test_positive_class_first_flips_the_sigmoid(image_folder):
+    config = tiny_config(image_folder, epochs=1)
+    config = replace(config, data=replace(config.data, positive_class="blue"))
+    result = train(config)
+    assert result.bundle.info.positive_index == 0
+    raw = result.model.predict(result.bundle.val, verbose=0)
+    probs = class_probabilities(raw, 2, 0)
+    # The single sigmoid unit scores "blue", which is column 0 of the class-ordered probabilities.
+    np.testing.assert_allclose(probs[:, 0], raw.reshape(-1))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+def test_macro_precision_recall_match_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    logits = rng.normal(size=(200, 4)) + 1.5 * np.eye(4)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = probs.argmax(1)
+    precision, recall = MacroPrecision(4), MacroRecall(4)
+    onehot = np.eye(4)[y]
+    for metric in (precision, recall):
+        metric.update_state(onehot[:120], probs[:120])
+        metric.update_state(onehot[120:], probs[120:])
+    assert float(precision.result()) == pytest.approx(
+        precision_score(y, pred, average="macro", zero_division=0), abs=1e-6
+    )
+    assert float(recall.result()) == pytest.approx(recall_score(y, pred, average="macro"), abs=1e-6)
+
+
+def test_multiclass_training_on_digits(tmp_path):
+    config = RunConfig(
+        data=DataConfig(data="digits", image_size=(16, 16), batch_size=64, color_mode="grayscale"),
+        model=ModelConfig(name="small_cnn", padding="same"),
+        train=TrainConfig(epochs=1, optimizer="adam", run_dir=str(tmp_path)),
+    )
+    result = train(config)
+    columns = set(result.history.columns)
+    assert {
+        "val_accuracy",
+        "val_precision",
+        "val_recall",
+        "val_f1",
+        "val_top3_accuracy",
+        "val_top5_accuracy",
+    } <= columns
+    assert result.model.output_shape == (None, 10)
+
+
+def test_balanced_class_weights():
+    weights = class_weights(np.array([0, 0, 0, 1]), 2)
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+
+
+def test_config_file_and_flag_precedence(image_folder, tmp_path):
+    from tfpipeline.cli import build_parser
+    from tfpipeline.flags import resolve_run_config
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(
+        yaml.safe_dump({"lr": 0.05, "batchnorm": True, "flip": True, "train": {"epochs": 7}})
+    )
+    args = build_parser().parse_args(["train", "--config", str(config_file), "--lr", "0.01"])
+    config = resolve_run_config(args)
+    assert config.train.lr == 0.01  # flag beats file
+    assert config.train.epochs == 7 and config.model.batchnorm and config.data.augment.flip
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text("lr: 0.01\nlearning_rat: 3\n")
+    assert main(["train", "--config", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert "learning_rat" in err and str(config_file) in err and "Traceback" not in err
+
+
+def test_run_config_round_trips_through_train_config_flag(image_folder, tmp_path):
+    result = train(tiny_config(image_folder, epochs=1, lr=0.02))
+    from tfpipeline.cli import build_parser
+    from tfpipeline.flags import resolve_run_config
+
+    args = build_parser().parse_args(["train", "--config", str(result.run.config_file)])
+    assert resolve_run_config(args) == result.config
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--optimizer", "rmsprop"], "--optimizer"),
+        (["--threshold", "1.5"], "--threshold"),
+        (["--model", "nope"], "nope"),
+        (["--epochs", "0"], "--epochs"),
+    ],
+)
+def test_bad_train_options_exit_2(flags, message, capsys):
+    assert main(["train", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error:") and "Traceback" not in err
