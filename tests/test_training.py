@@ -217,3 +217,40 @@ def test_bad_train_options_exit_2(flags, message, capsys):
     assert main(["train", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error:") and "Traceback" not in err
+
+
+class _StopAfter(keras.callbacks.Callback):
+    """Simulates Ctrl-C at the end of epoch `epoch` (after checkpoints and logs are written)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(image_folder, tmp_path):
+    config = replace(
+        tiny_config(image_folder, epochs=3, deterministic=True, run_dir=str(tmp_path / "a")),
+        model=ModelConfig(name="small_cnn", padding="same", batchnorm=True),
+    )
+    reference = train(config, verbose=0)
+
+    interrupted_config = replace(config, train=replace(config.train, run_dir=str(tmp_path / "b")))
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted_config, extra_callbacks=[lambda bundle, run: _StopAfter(0)], verbose=0)
+    run = only_run(tmp_path / "b")
+    assert json.loads(run.run_file.read_text())["status"] == "interrupted"
+    assert len(pd.read_csv(run.history_file)) == 1
+
+    resumed = train(interrupted_config, run=run, resume=True, verbose=0)
+    assert len(resumed.history) == 3
+    columns = [c for c in reference.history.columns if c not in ("epoch_seconds",)]
+    pd.testing.assert_frame_equal(
+        resumed.history[columns].reset_index(drop=True),
+        reference.history[columns].reset_index(drop=True),
+        check_exact=False,
+        rtol=1e-5,
+    )

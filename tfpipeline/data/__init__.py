@@ -129,6 +129,7 @@ def load_data(
     scaling: str,
     label_mode: str | None = None,
     check: bool = True,
+    epochs: tuple[int, int] | None = None,
 ) -> DataBundle:
     """Resolve, check and build the train/val(/test) pipelines for one run.
 
@@ -139,6 +140,8 @@ def load_data(
         label_mode: `binary`, `categorical` or `int`; default: binary for two classes,
             categorical otherwise.
         check: run the bad-file check (cached) before building anything.
+        epochs: `(first, stop)` to stream the training epochs as one dataset, each shuffled by
+            its epoch number (see :func:`build_dataset`); None gives a plain reshuffling dataset.
 
     Raises:
         UserError: for any data problem, including bad files without `--skip-bad`.
@@ -186,6 +189,7 @@ def load_data(
             num_classes=num_classes,
             label_mode=label_mode,
             cache_name=name,
+            epochs=epochs if name == "train" else None,
         )
         for name, split in splits.items()
     }

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 # Bump when the checks change so stale cache entries are not trusted.
-_CHECK_VERSION = 1
+_CHECK_VERSION = 2
 SUPPORTED_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
 # Pillow's own decompression-bomb limit (~89.5 megapixels) or a side no photo has.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -105,7 +107,12 @@ def inspect_header(path: str) -> tuple[list[FileProblem], bool]:
     except Image.UnidentifiedImageError:
         return [FileProblem(path, "not-an-image", "no image format recognised")], False
     except OSError as exc:
-        return [FileProblem(path, "unreadable", exc.strerror or str(exc))], False
+        if exc.strerror is None:  # Pillow's own errors (a broken header) carry no errno
+            return [FileProblem(path, "corrupt", str(exc))], False
+        return [FileProblem(path, "unreadable", exc.strerror)], False
+    except (SyntaxError, ValueError, EOFError, struct.error, MemoryError) as exc:
+        # Pillow reports malformed headers and frame tables in several ways.
+        return [FileProblem(path, "corrupt", f"{type(exc).__name__}: {exc}")], False
 
 
 def _header_findings(path: str, image: Image.Image) -> tuple[list[FileProblem], bool]:
@@ -121,6 +128,8 @@ def _header_findings(path: str, image: Image.Image) -> tuple[list[FileProblem], 
         found.append(FileProblem(path, "cmyk"))
     if mode.startswith("I;16") or mode in ("I", "F"):
         found.append(FileProblem(path, "16-bit", f"mode {mode}"))
+    elif ";16" in _raw_mode(image):  # Pillow opens 16-bit RGB(A) PNGs as 8-bit "RGB(A)"
+        found.append(FileProblem(path, "16-bit", f"{_raw_mode(image)} samples"))
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info and image.format != "GIF"):
         found.append(FileProblem(path, "alpha", f"mode {mode}"))
     if mode == "P" and image.format != "GIF":
@@ -128,6 +137,17 @@ def _header_findings(path: str, image: Image.Image) -> tuple[list[FileProblem], 
     if getattr(image, "is_animated", False):
         found.append(FileProblem(path, "animated", f"{image.n_frames} frames"))
     return found, True
+
+
+def _raw_mode(image: Image.Image) -> str:
+    """The file's own sample layout (e.g. `RGB;16B`) as Pillow's first decoder tile names it."""
+    for tile in image.tile[:1]:
+        args = tile[3] if len(tile) > 3 else None
+        if isinstance(args, tuple) and args:
+            args = args[0]
+        if isinstance(args, str):
+            return args
+    return ""
 
 
 def decode_failures(paths: list[str], channels: int, target_hw: tuple[int, int]) -> dict[str, str]:
@@ -154,8 +174,15 @@ def decode_failures(paths: list[str], channels: int, target_hw: tuple[int, int])
             decode_image(tf.io.read_file(paths[index]), channels, target_hw)
             failures[paths[index]] = "decoder failed intermittently"
         except tf.errors.OpError as exc:
-            failures[paths[index]] = exc.message.splitlines()[0].split("] ")[-1]
+            failures[paths[index]] = _op_error_text(exc.message)
     return failures
+
+
+def _op_error_text(message: str) -> str:
+    """The decoder's own words from a TensorFlow op error, without node names and op tags."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}", "", message.splitlines()[0] if message else "")
+    text = re.sub(r"\[Op:\w+\].*$", "", text).strip().rstrip(".")
+    return text or "the decoder rejected the file"
 
 
 def check_files(

@@ -100,6 +100,7 @@ def build_dataset(
     num_classes: int,
     label_mode: str = "int",
     cache_name: str = "split",
+    epochs: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """A batched dataset of (float32 images, labels) ready for `model.fit`.
 
@@ -111,6 +112,9 @@ def build_dataset(
         num_classes: needed for one-hot labels.
         label_mode: `int` (class index), `binary` (float32 [N, 1]) or `categorical` (one-hot).
         cache_name: distinguishes on-disk cache files of different splits.
+        epochs: for training, `(first, stop)`: one dataset streaming epochs first..stop-1, each
+            shuffled with a seed derived from its number (fit it with `steps_per_epoch`).
+            Makes resumed runs reproduce uninterrupted ones.
 
     Returns:
         A tf.data.Dataset; the same seed yields the same batches in the same order.
@@ -122,9 +126,18 @@ def build_dataset(
         dataset = dataset.cache()
     elif config.cache != "none":
         dataset = dataset.cache(cache_path(split, config, cache_name))
-    if training:
+    if training and epochs is not None:
+        # One seeded shuffle per epoch, keyed by the epoch number, so a resumed run sees exactly
+        # the batches an uninterrupted run would. All epochs share the cache above.
+        cached, size, batch_size, seed = dataset, len(split), config.batch_size, config.seed
+        dataset = tf.data.Dataset.range(*epochs).flat_map(
+            lambda epoch: cached.shuffle(size, seed=seed * 100_003 + epoch).batch(batch_size)
+        )
+    elif training:
         dataset = dataset.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(config.batch_size)
+        dataset = dataset.batch(config.batch_size)
+    else:
+        dataset = dataset.batch(config.batch_size)
     augmenter = make_augmenter(config.augment, config.seed) if training else None
 
     def to_model_inputs(images, labels):

@@ -8,10 +8,11 @@ return the best model. Evaluation artefacts (metrics.json, plots) are the evalua
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -128,6 +129,95 @@ def _positive_first(bundle: DataBundle, dataset):
     return dataset
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """Data and model facts shared by a training run and by every tuner trial."""
+
+    bundle: DataBundle
+    scaling: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    steps_per_epoch: int
+    threshold: float
+
+
+def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prepared:
+    """Seed, validate the model/image-size pair, and load the checked data.
+
+    Args:
+        config: the run configuration.
+        epochs: `(first, stop)` to stream training epochs with epoch-keyed shuffles (resumable
+            runs); None for a plain reshuffling dataset (tuner trials).
+    """
+    seed_everything(config.data.seed, config.train.deterministic)
+    spec = get_spec(config.model.name)
+    if min(config.data.image_size) < spec.min_image_size:
+        raise UserError(
+            f"--image-size {config.data.image_size[0]}x{config.data.image_size[1]} is below "
+            f"{config.model.name}'s minimum of {spec.min_image_size}"
+        )
+    scaling = resolve_scaling(config)
+    bundle = load_data(config.data, scaling=scaling, epochs=epochs)
+    return Prepared(
+        bundle=bundle,
+        scaling=scaling,
+        input_shape=(*config.data.image_size, config.data.channels),
+        num_classes=bundle.info.num_classes,
+        steps_per_epoch=math.ceil(len(bundle.splits["train"]) / config.data.batch_size),
+        threshold=resolve_threshold(config.train.threshold, bundle.info.train_prior),
+    )
+
+
+def build_compiled_model(config: RunConfig, prepared: Prepared) -> keras.Model:
+    """The registered model for `config`, compiled with the run's optimiser, loss and metrics."""
+    model = build_model(config.model, prepared.input_shape, prepared.num_classes)
+    return compile_model(
+        model,
+        config.train,
+        prepared.num_classes,
+        steps_per_epoch=prepared.steps_per_epoch,
+        threshold=prepared.threshold,
+    )
+
+
+def fit_model(
+    model: keras.Model,
+    config: RunConfig,
+    prepared: Prepared,
+    callbacks: Sequence[keras.callbacks.Callback],
+    *,
+    initial_epoch: int = 0,
+    verbose: str | int = "auto",
+) -> keras.callbacks.History:
+    """`model.fit` on the prepared data with class weights and positive-class targets."""
+    bundle = prepared.bundle
+    weights = None
+    if config.train.class_weight == "balanced":
+        binary = prepared.num_classes == 2
+        targets = binary_targets(bundle, "train") if binary else bundle.splits["train"].labels
+        weights = class_weights(targets, 2 if binary else prepared.num_classes)
+    return model.fit(
+        _positive_first(bundle, bundle.train),
+        validation_data=_positive_first(bundle, bundle.val),
+        epochs=config.train.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=prepared.steps_per_epoch,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
+        class_weight=weights,
+        callbacks=list(callbacks),
+        verbose=verbose,
+    )
+
+
+def completed_epochs(run: RunFolder) -> int:
+    """Epochs finished according to the run's BackupAndRestore state (0 for a new run)."""
+    metadata = run.backup_dir / "training_metadata.json"
+    try:
+        return int(json.loads(metadata.read_text())["epoch"])
+    except (FileNotFoundError, KeyError, ValueError):
+        return 0
+
+
 def train(
     config: RunConfig,
     *,
@@ -136,12 +226,14 @@ def train(
     extra_callbacks: Sequence[Callable[[DataBundle, RunFolder], keras.callbacks.Callback]] = (),
     verbose: str | int = "auto",
 ) -> TrainResult:
-    """Fit `config.model` on `config.data` and return the best model.
+    """Fit `config.model` on `config.data` in a run folder and return the best model.
 
     Args:
         config: the resolved run configuration (written to the run folder).
         run: an existing run folder to continue (with `resume=True`); a new one otherwise.
         resume: continue from the run's BackupAndRestore state and append to its history.
+            With `--deterministic`, the same seed and no dropout/augmentation randomness, the
+            resumed history equals an uninterrupted run's.
         extra_callbacks: factories `(bundle, run) -> Callback` for more callbacks, e.g. the
             evaluation stage's TensorBoard figures (they need the loaded data).
         verbose: Keras verbosity ("auto": progress bar on a terminal, one line per epoch else).
@@ -149,23 +241,15 @@ def train(
     Raises:
         UserError: for data or model problems, before any training starts.
     """
-    seed_everything(config.data.seed, config.train.deterministic)
-    spec = get_spec(config.model.name)
-    scaling = resolve_scaling(config)
-    if min(config.data.image_size) < spec.min_image_size:
+    first_epoch = completed_epochs(run) if (resume and run is not None) else 0
+    if first_epoch >= config.train.epochs:
         raise UserError(
-            f"--image-size {config.data.image_size[0]}x{config.data.image_size[1]} is below "
-            f"{config.model.name}'s minimum of {spec.min_image_size}"
+            f"{run.path}: already trained {first_epoch} of {config.train.epochs} epoch(s); "
+            "pass a larger --epochs to continue"
         )
-    bundle = load_data(config.data, scaling=scaling)
-    num_classes = bundle.info.num_classes
-    input_shape = (*config.data.image_size, config.data.channels)
-    model = build_model(config.model, input_shape, num_classes)
-
-    train_size = len(bundle.splits["train"])
-    steps_per_epoch = math.ceil(train_size / config.data.batch_size)
-    threshold = resolve_threshold(config.train.threshold, bundle.info.train_prior)
-    compile_model(model, config.train, num_classes, steps_per_epoch=steps_per_epoch, threshold=threshold)
+    prepared = prepare(config, epochs=(first_epoch, config.train.epochs))
+    bundle = prepared.bundle
+    model = build_compiled_model(config, prepared)
 
     run = run or RunFolder.create(config.train.run_dir, config.model.name)
     if not resume:
@@ -175,11 +259,13 @@ def train(
             {"class_names": list(bundle.info.class_names), "positive_class": bundle.info.positive_class},
         )
         run.write_split_files(bundle.info.files, bundle.info.class_names)
+    else:
+        run.write_config(config)  # the epoch total may have grown
     run.update_run_info(
         status="running",
         model=config.model.name,
-        scaling=scaling,
-        input_shape=list(input_shape),
+        scaling=prepared.scaling,
+        input_shape=list(prepared.input_shape),
         data=bundle.info.summary(),
         trainable_params=int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         total_params=int(model.count_params()),
@@ -188,25 +274,11 @@ def train(
         keras_version=keras.__version__,
     )
 
-    weights = None
-    if config.train.class_weight == "balanced":
-        targets = binary_targets(bundle, "train") if num_classes == 2 else bundle.splits["train"].labels
-        weights = class_weights(targets, 2 if num_classes == 2 else num_classes)
-
-    callbacks = make_callbacks(run, config, num_classes, resume) + [
-        make(bundle, run) for make in extra_callbacks
-    ]
+    callbacks = make_callbacks(run, config, prepared.num_classes, resume)
+    callbacks += [make(bundle, run) for make in extra_callbacks]
     start = time.perf_counter()
     try:
-        fit = model.fit(
-            _positive_first(bundle, bundle.train),
-            validation_data=_positive_first(bundle, bundle.val),
-            epochs=config.train.epochs,
-            shuffle=False,  # the tf.data pipeline shuffles (seeded)
-            class_weight=weights,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
+        fit_model(model, config, prepared, callbacks, initial_epoch=first_epoch, verbose=verbose)
     except KeyboardInterrupt:
         run.update_run_info(status="interrupted")
         raise
@@ -214,31 +286,21 @@ def train(
     history = pd.read_csv(run.history_file)
     stopped_early = len(history) < config.train.epochs
     best_path = run.model_checkpoint()
-    best_model = keras.models.load_model(best_path)
     run.update_run_info(
         status="finished",
         epochs_run=len(history),
         train_seconds=round(seconds, 2),
         stopped_early=stopped_early,
         best_checkpoint=str(best_path.relative_to(run.path)),
-        monitor=monitor_metric(num_classes),
+        monitor=monitor_metric(prepared.num_classes),
     )
-    del fit
     return TrainResult(
         run=run,
         config=config,
-        model=best_model,
+        model=keras.models.load_model(best_path),
         bundle=bundle,
         history=history,
-        scaling=scaling,
+        scaling=prepared.scaling,
         train_seconds=seconds,
         stopped_early=stopped_early,
     )
-
-
-def resume_config(run: RunFolder, epochs: int | None = None) -> RunConfig:
-    """The stored config of `run`, optionally with a new epoch total."""
-    config = run.read_config()
-    if epochs is not None:
-        config = replace(config, train=replace(config.train, epochs=epochs))
-    return config

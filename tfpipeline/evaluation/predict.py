@@ -1,0 +1,245 @@
+"""`tfpipeline predict`: class predictions for image files, preprocessed exactly as in training.
+
+A *predictor* is anything with `class_names`, `positive_index`, `threshold`, a `preprocess`
+(one encoded file's bytes -> one model input, TensorFlow ops only, so it runs inside tf.data)
+and `__call__` (a batch of model inputs -> (N, K) class probabilities in class-name order).
+:func:`load_predictor` picks a loader by looking at the folder; run folders are built in, and
+an export stage can add its own folder format with :func:`register_loader`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from tfpipeline.data.sources import IMAGE_EXTENSIONS
+from tfpipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    """The interface `predict_files` needs; see the module docstring."""
+
+    class_names: tuple[str, ...]
+    positive_index: int | None
+    threshold: float | None
+
+    def preprocess(self, contents: Any) -> Any: ...
+
+    def __call__(self, batch: Any) -> np.ndarray: ...
+
+
+@dataclass
+class RunPredictor:
+    """A run folder's best checkpoint with the run's own preprocessing."""
+
+    model: Any
+    class_names: tuple[str, ...]
+    positive_index: int | None
+    threshold: float | None
+    image_size: tuple[int, int]
+    channels: int
+    resize: str
+    interpolation: str
+    scaling: str
+
+    @property
+    def decode_check(self) -> tuple[int, tuple[int, int]]:
+        """(channels, size) the data stage's file check decodes with."""
+        return self.channels, tuple(self.image_size)
+
+    def preprocess(self, contents):
+        """Encoded bytes -> float32 [H, W, C], the training pipeline's steps in its order."""
+        from tfpipeline.data.decode import decode_image, match_channels, resize_image, scale_pixels
+
+        size = tuple(self.image_size)
+        image = decode_image(contents, self.channels, size)
+        image = match_channels(image, self.channels)
+        image = resize_image(image, size, self.resize, self.interpolation)
+        return scale_pixels(image, self.scaling)
+
+    def __call__(self, batch) -> np.ndarray:
+        from tfpipeline.evaluation.run_report import class_probabilities
+
+        raw = self.model.predict_on_batch(batch)
+        return class_probabilities(np.asarray(raw), len(self.class_names), self.positive_index)
+
+
+def load_run_predictor(path: Path) -> RunPredictor:
+    from tfpipeline.evaluation.evaluate import load_run_model, open_run
+
+    context = open_run(path)
+    data = context.config.data
+    return RunPredictor(
+        model=load_run_model(context),
+        class_names=context.class_names,
+        positive_index=context.positive_index,
+        threshold=context.threshold,
+        image_size=tuple(data.image_size),
+        channels=data.channels,
+        resize=data.resize,
+        interpolation=data.interpolation,
+        scaling=context.scaling,
+    )
+
+
+# (matches(path), load(path)) pairs, tried in order; the first match loads the predictor.
+_LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path], Predictor]]] = [
+    (lambda path: (path / "config.yaml").is_file(), load_run_predictor),
+]
+
+
+def register_loader(matches: Callable[[Path], bool], load: Callable[[Path], Predictor]) -> None:
+    """Teach :func:`load_predictor` a new folder format (e.g. an exported model), tried first."""
+    _LOADERS.insert(0, (matches, load))
+
+
+def load_predictor(path: str | Path) -> Predictor:
+    """The predictor stored at `path` (a run folder, or any registered format)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such folder (expected a run folder)")
+    for matches, load in _LOADERS:
+        if matches(path):
+            return load(path)
+    raise UserError(f"{path}: not a tfpipeline run folder (no config.yaml)")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files given directly, plus images found recursively (sorted) in given folders.
+
+    Raises:
+        UserError: a path does not exist, or there is no image at all.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.exists() or path.is_symlink():
+            found.append(path)
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(map(str, inputs))}")
+    return unique
+
+
+def bad_files(paths: Sequence[Path], predictor: Predictor) -> dict[Path, str]:
+    """Files the training decoder cannot use, with the reason (the data stage's file check)."""
+    from tfpipeline.data.check import check_files
+
+    check = getattr(predictor, "decode_check", None)
+    channels, size = check if check else (3, (224, 224))
+    report = check_files([str(p) for p in paths], channels=channels, target_hw=size)
+    reasons: dict[Path, str] = {}
+    for problem in report.problems:
+        if problem.fatal:
+            reasons.setdefault(Path(problem.path), str(problem).split(": ", 1)[-1])
+    return reasons
+
+
+def predict_files(
+    predictor: Predictor, paths: Sequence[Path], *, batch_size: int = 32, skip_bad: bool = False
+) -> tuple[list[Path], np.ndarray, list[Path]]:
+    """Class probabilities of image files through a tf.data pipeline.
+
+    Returns:
+        (files predicted, probabilities (N, K), files skipped as bad).
+
+    Raises:
+        UserError: naming the first bad file (unless `skip_bad`), or when every file is bad.
+    """
+    import tensorflow as tf
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    bad = bad_files(paths, predictor)
+    if bad and not skip_bad:
+        listing = "\n".join(f"  {p}: {why}" for p, why in list(bad.items())[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise UserError(
+            f"{len(bad)} bad image file(s), e.g. {next(iter(bad))}; fix or remove them, or pass --skip-bad:\n"
+            f"{listing}{more}"
+        )
+    good = [p for p in paths if p not in bad]
+    if bad:
+        log.warning("--skip-bad: skipped %d bad file(s):\n%s", len(bad), "\n".join(f"  {p}" for p in bad))
+    if not good:
+        raise UserError("every input file is bad; nothing to predict")
+    dataset = (
+        tf.data.Dataset.from_tensor_slices([str(p) for p in good])
+        .map(lambda p: predictor.preprocess(tf.io.read_file(p)), num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    outputs, done = [], 0
+    try:
+        for batch in dataset:
+            outputs.append(np.asarray(predictor(batch), dtype=np.float64))
+            done += len(outputs[-1])
+    except tf.errors.OpError as exc:  # the check passed but decoding failed anyway
+        culprit = good[min(done, len(good) - 1)]
+        raise UserError(f"cannot read image {culprit} (or a file near it): {exc.message.splitlines()[0]}") from None
+    return good, np.concatenate(outputs), [p for p in paths if p in bad]
+
+
+def predicted_indices(predictor: Predictor, probs: np.ndarray) -> np.ndarray:
+    """Class indices: the run's threshold on the positive class for binary, argmax otherwise."""
+    from tfpipeline.evaluation.metrics import predict_labels
+
+    if predictor.positive_index is not None and probs.shape[1] == 2:
+        threshold = predictor.threshold if predictor.threshold is not None else 0.5
+        return predict_labels(probs, positive_index=predictor.positive_index, threshold=threshold)
+    return np.argmax(probs, axis=1)
+
+
+def submission_rows(
+    paths: Sequence[Path], labels: np.ndarray, class_names: Sequence[str], label_format: str = "index"
+) -> list[tuple[str, str]]:
+    """Kaggle rows (ID = file stem, TARGET), sorted numerically when every ID is an integer.
+
+    Raises:
+        UserError: two files share a stem (their IDs would collide).
+    """
+    if label_format not in ("index", "name"):
+        raise UserError(f"--label-format must be index or name, got '{label_format}'")
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise UserError(f"duplicate ID '{path.stem}': {seen[path.stem]} and {path}")
+        seen[path.stem] = path
+    rows = [
+        (p.stem, str(int(y)) if label_format == "index" else str(class_names[int(y)]))
+        for p, y in zip(paths, labels, strict=True)
+    ]
+    if all(_is_int(stem) for stem, _ in rows):
+        return sorted(rows, key=lambda row: int(row[0]))
+    return sorted(rows, key=lambda row: row[0])
+
+
+def write_submission(path: str | Path, rows: Sequence[tuple[str, str]]) -> Path:
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ID", "TARGET"])
+        writer.writerows(rows)
+    return path
+
+
+def _is_int(text: str) -> bool:
+    return re.fullmatch(r"-?[0-9]+", text) is not None
