@@ -111,7 +111,9 @@ def class_folder(tmp_path: Path) -> Path:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def _raw_png(width: int, height: int, bit_depth: int, color_type: int, rows: bytes) -> bytes:

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import BAD_FILES, FATAL_BAD_FILES, _raw_png
+from PIL import Image
 
 from tfpipeline.config import DataConfig
 from tfpipeline.data import check_source, load_data, resolve_source
@@ -66,6 +67,13 @@ def test_png_saved_as_jpg_is_fine(tmp_path, make_images):
     [png] = make_images(tmp_path, 1, "red", formats=("png",))
     renamed = png.rename(png.with_suffix(".jpg"))
     assert check_files([str(renamed)]).problems == ()
+
+
+def test_valid_variant_tensorflow_cannot_decode(tmp_path):
+    path = tmp_path / "bilevel.bmp"
+    Image.fromarray(np.eye(16, dtype=bool)).save(path)  # 1-bit BMP: Pillow reads it, TF cannot
+    [problem] = check_files([str(path)]).problems
+    assert problem.kind == "unsupported-format" and problem.fatal and "BMP 1" in problem.detail
 
 
 def test_grayscale_check_decodes_with_one_channel(mixed_folder):

@@ -65,7 +65,9 @@ def test_duplicates_and_cross_split_leakage(image_folder):
         ]
     )
     [dupe] = report["duplicates_within_splits"]
-    assert sorted(dupe) == sorted([f"train: {other}", f"train: {image_folder / 'train' / 'blue' / 'copy.png'}"])
+    assert sorted(dupe) == sorted(
+        [f"train: {other}", f"train: {image_folder / 'train' / 'blue' / 'copy.png'}"]
+    )
 
 
 def test_report_files_and_sample_grids(image_folder, tmp_path):
@@ -80,7 +82,9 @@ def test_report_files_and_sample_grids(image_folder, tmp_path):
     saved = json.loads((out / "report.json").read_text())
     assert saved["counts"] == report["counts"] and "table" not in saved
     markdown = (out / "report.md").read_text()
-    assert "| blue" in markdown and "Leakage" in markdown and "![samples_red.png](samples_red.png)" in markdown
+    assert (
+        "| blue" in markdown and "Leakage" in markdown and "![samples_red.png](samples_red.png)" in markdown
+    )
     assert "positive class `red`" in markdown.lower()
 
 
@@ -93,11 +97,13 @@ def test_grids_need_only_a_few_images_and_odd_names(tmp_path, make_images):
 
 
 def test_bad_files_do_not_break_explore(image_folder, add_bad_file, tmp_path):
-    add_bad_file(image_folder / "train" / "red", "text")
-    add_bad_file(image_folder / "train" / "red", "truncated")
+    kinds = ("text", "truncated", "broken-link", "huge")
+    bad = [str(add_bad_file(image_folder / "train" / "red", k)) for k in kinds]
+    add_bad_file(image_folder / "val" / "blue", "cmyk")
     report = run(image_folder, tmp_path / "out")
-    assert report["modes"]["unreadable"] == 1
-    assert report["undecodable"] == 2
+    assert report["modes"]["unreadable"] == 3
+    assert report["bad_files"] == sorted(bad)
+    assert report["unusual_files"] == {"cmyk": 1}
     assert len(report["channel_mean"]) == 3
 
 

@@ -75,7 +75,9 @@ def test_grayscale_is_luminance_of_rgb(image_folder):
 @pytest.mark.parametrize("label_mode", ["binary", "categorical", "int"])
 def test_label_shapes(image_folder, label_mode):
     split, config = train_split(image_folder)
-    dataset = build_dataset(split, config, scaling="unit", training=False, num_classes=2, label_mode=label_mode)
+    dataset = build_dataset(
+        split, config, scaling="unit", training=False, num_classes=2, label_mode=label_mode
+    )
     _, labels = batches(dataset)[0]
     expected = {"binary": (4, 1), "categorical": (4, 2), "int": (4,)}[label_mode]
     assert labels.shape == expected

@@ -295,3 +295,13 @@ def test_tfds_unknown_dataset(tmp_path):
         resolve("tfds:no_such_dataset_xyz", tfds_data_dir=str(tmp_path))
     with pytest.raises(UserError, match="needs a dataset name"):
         resolve("tfds:")
+
+
+def test_tfds_version_and_class_errors(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(UserError, match="cannot be loaded at version 9.9.9"):
+        resolve("tfds:mnist:9.9.9", tfds_data_dir=str(tmp_path))
+    with pytest.raises(UserError, match="keep their own class order"):
+        resolve("tfds:mnist", tfds_data_dir=str(tmp_path), classes=("1", "0"))
+    with pytest.raises(UserError, match="cat not in tfds:mnist"):
+        resolve("tfds:mnist", tfds_data_dir=str(tmp_path), classes=("cat",))

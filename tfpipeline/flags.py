@@ -14,7 +14,6 @@ from dataclasses import fields
 from typing import Any
 
 from tfpipeline.config import (
-    COLOR_MODES,
     INTERPOLATIONS,
     RESIZE_METHODS,
     SCALINGS,
@@ -68,9 +67,15 @@ def add_data_flags(parser: argparse.ArgumentParser, *, with_data: bool = True) -
         group.add_argument(
             "--data", help="image folder, tfds:NAME[:VERSION], or embedded 'faces' (default) / 'digits'"
         )
-    group.add_argument("--split-ratios", type=parse_floats, help="train,val,test fractions (default 0.75,0.125,0.125)")
-    group.add_argument("--seed", type=int, help="seed for splits, shuffling, augmentation, init (default 101)")
-    group.add_argument("--classes", type=parse_names, help="comma-separated class order (default: alphabetical)")
+    group.add_argument(
+        "--split-ratios", type=parse_floats, help="train,val,test fractions (default 0.75,0.125,0.125)"
+    )
+    group.add_argument(
+        "--seed", type=int, help="seed for splits, shuffling, augmentation, init (default 101)"
+    )
+    group.add_argument(
+        "--classes", type=parse_names, help="comma-separated class order (default: alphabetical)"
+    )
     group.add_argument("--positive-class", help="binary tasks: class that precision/recall refer to")
     group.add_argument("--tfds-data-dir", help="folder holding prepared TFDS data")
     group.add_argument("--tfds-download", action="store_true", help="let TFDS download missing data")
@@ -200,6 +205,8 @@ def data_config_from_args(args: argparse.Namespace, data: str | None = None) -> 
     """DataConfig from data flags only (the `data` subcommands)."""
     nested: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     for key, value in vars(args).items():
+        if value is None:  # not given: keep the DataConfig default
+            continue
         if key in _SECTIONS["data"] or key in ("grayscale",) or key in AUGMENT_FIELDS:
             _place(key, value, nested, "flag")
     if data is not None:

@@ -37,7 +37,7 @@ def show_help(parser: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tfpipeline.cli import data_commands, eval_commands, model_commands
+    from tfpipeline.cli import data_commands, eval_commands, export_commands, model_commands, tune_commands
 
     parser = Parser(
         prog="tfpipeline", description="Keras image classification: data, train, evaluate, serve."
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tfpipeline {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (data_commands, model_commands, eval_commands):
+    for module in (data_commands, model_commands, eval_commands, export_commands, tune_commands):
         module.register(commands)
     parser.set_defaults(func=show_help(parser))
     return parser

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from tfpipeline.errors import UserError
-from tfpipeline.flags import add_data_flags, data_config_from_args, parse_floats
+from tfpipeline.flags import add_data_flags, data_config_from_args, parse_floats, parse_names
 
 EXIT_DATA_PROBLEMS = 1
 
@@ -19,7 +19,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     source = resolve_source(config)
     report = check_source(source, config)
     if report is None:
-        print(f"{config.data}: in-memory data ({sum(len(s) for s in source.splits.values())} images), nothing to check")
+        count = sum(len(s) for s in source.splits.values())
+        print(f"{config.data}: in-memory data ({count} images), nothing to check")
         return 0
     print(report.format())
     for path in source.ignored_files:
@@ -47,6 +48,11 @@ def cmd_explore(args: argparse.Namespace) -> int:
     )
     for group in report["leakage_across_splits"][:10]:
         print(f"  leak: {' = '.join(group)}")
+    if report["bad_files"]:
+        shown = ", ".join(report["bad_files"][:10]) + (", ..." if len(report["bad_files"]) > 10 else "")
+        print(f"bad files: {len(report['bad_files'])} (run `tfpipeline data check` for details): {shown}")
+    if report["unusual_files"]:
+        print("unusual files: " + ", ".join(f"{k} x{v}" for k, v in sorted(report["unusual_files"].items())))
     if args.out:
         print(f"report written to {Path(args.out) / 'report.md'}")
     return 0
@@ -58,8 +64,10 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     config = data_config_from_args(args, args.src)
     source = resolve_source(config)
+    if source.kind == "folder":
+        raise UserError(f"data split: {args.src} is already split into train/val folders")
     if source.kind != "folder-classes":
-        raise UserError(f"data split: {args.src} is not a folder of class subfolders (it has split folders?)")
+        raise UserError(f"data split: {args.src} is not an image folder (needs one subfolder per class)")
     written = materialize_split(source, args.out, link=args.link)
     print(f"wrote {json.dumps(written)} to {args.out} ({'symlinks' if args.link else 'copies'})")
     return 0
@@ -89,6 +97,8 @@ def register(commands) -> None:
     split.add_argument("out", help="new folder to create")
     split.add_argument("--ratios", dest="split_ratios", type=parse_floats, help="default 0.75,0.125,0.125")
     split.add_argument("--seed", type=int, help="default 101")
-    split.add_argument("--classes", help="comma-separated classes to include (default: all)")
+    split.add_argument(
+        "--classes", type=parse_names, help="comma-separated classes to include (default: all)"
+    )
     split.add_argument("--link", action="store_true", help="symlink instead of copying")
     split.set_defaults(func=cmd_split)

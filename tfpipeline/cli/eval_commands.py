@@ -1,5 +1,162 @@
-"""`tfpipeline evaluate`, `compare` and `predict` (being written)."""
+"""`tfpipeline evaluate`, `compare` and `predict`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tfpipeline.evaluation.evaluate import evaluate_run
+
+    result = evaluate_run(
+        args.run,
+        data=args.data,
+        split=args.split,
+        out=args.out,
+        gradcam=args.gradcam,
+        top_losses=args.top_losses,
+    )
+    metrics = result.metrics
+    where = f"{result.split} split of {metrics['data']} ({metrics['num_samples']} images)"
+    print(f"{where}, checkpoint {metrics['checkpoint']}")
+    if metrics.get("threshold") is not None:
+        print(
+            f"decision threshold {metrics['threshold']:.4f} for '{metrics['positive_class']}' (from the run)"
+        )
+    print()
+    print(result.report)
+    headline = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss", "ece")
+    print("  ".join(f"{k}={metrics[k]:.4f}" for k in headline if metrics.get(k) is not None))
+    print(f"\nwrote to {result.out_dir}:")
+    for path in result.files.values():
+        print(f"  {path.name}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tfpipeline.evaluation.compare import compare_runs
+
+    comparison = compare_runs(args.runs, labels=args.labels, out=args.out, metrics=args.metrics)
+    print(comparison.markdown)
+    print(f"wrote to {comparison.out_dir}:")
+    for path in comparison.files.values():
+        print(f"  {path.name}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tfpipeline.evaluation.predict import (
+        collect_inputs,
+        load_predictor,
+        predict_files,
+        predicted_indices,
+        submission_rows,
+        write_submission,
+    )
+
+    paths = collect_inputs(args.inputs)
+    if args.csv:  # fail on colliding IDs before loading anything
+        submission_rows(paths, [0] * len(paths), ["?"], "index")
+    predictor = load_predictor(args.model)
+    files, probs, skipped = predict_files(
+        predictor, paths, batch_size=args.batch_size, skip_bad=args.skip_bad
+    )
+    labels = predicted_indices(predictor, probs)
+    if args.csv:
+        rows = submission_rows(files, labels, predictor.class_names, args.label_format)
+        out = write_submission(args.csv, rows)
+        print(
+            f"wrote {len(rows)} prediction(s) to {out}"
+            + (f"; skipped {len(skipped)} bad file(s)" if skipped else "")
+        )
+        return 0
+    for path, label, row in zip(files, labels, probs, strict=True):
+        print(f"{path}\t{predictor.class_names[label]}\t{row[label]:.4f}")
+    sys.stdout.flush()
+    return 0
 
 
 def register(commands) -> None:
     """Add `evaluate`, `compare` and `predict` to the top-level subparsers."""
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a run's best checkpoint: report, metrics, figures, Grad-CAM, summary",
+        description="Rebuild a run's data exactly as training did and evaluate its best checkpoint on one "
+        "split, with the run's own decision threshold. Writes RUN/evaluation/<split>/ (or --out).",
+    )
+    evaluate.add_argument("run", metavar="RUN", help="run folder")
+    evaluate.add_argument("--data", help="evaluate on this data instead of the run's (same classes)")
+    evaluate.add_argument(
+        "--split", choices=("test", "val"), help="default: test when there is one, else val"
+    )
+    evaluate.add_argument("--out", metavar="DIR", help="output folder (default RUN/evaluation/<split>)")
+    evaluate.add_argument(
+        "--gradcam", type=_count, default=8, metavar="N", help="Grad-CAM images (default 8; 0: none)"
+    )
+    evaluate.add_argument(
+        "--top-losses",
+        type=_count,
+        default=9,
+        metavar="N",
+        help="most confidently wrong images (default 9; 0: none)",
+    )
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    compare = commands.add_parser(
+        "compare",
+        help="overlay learning curves of several runs and tabulate their results",
+        description="One figure per metric with every run's train (dashed) and val (solid) curves, plus "
+        "comparison.md / comparison.csv with one row per run.",
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    compare.add_argument("--labels", type=_names, help="comma-separated legend labels, one per run")
+    compare.add_argument("--out", metavar="DIR", help="output folder (default: ./comparison)")
+    compare.add_argument(
+        "--metrics", type=_names, help="history metrics to plot (default loss,accuracy,auc,...)"
+    )
+    compare.set_defaults(func=cmd_compare)
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict classes of image files with a run's model",
+        description="Preprocess each image exactly as training did and predict its class. Prints "
+        "path<TAB>class<TAB>probability, or writes a Kaggle-style ID,TARGET CSV with --csv.",
+    )
+    predict.add_argument("model", metavar="MODEL_OR_RUN", help="run folder")
+    predict.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)"
+    )
+    predict.add_argument(
+        "--csv", metavar="FILE", help="write ID,TARGET rows (ID = file name without extension)"
+    )
+    predict.add_argument(
+        "--label-format",
+        choices=("index", "name"),
+        default="index",
+        help="CSV TARGET: class index (default) or name",
+    )
+    predict.add_argument("--batch-size", type=_positive, default=32, help="images per batch (default 32)")
+    predict.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    predict.set_defaults(func=cmd_predict)

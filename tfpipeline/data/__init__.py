@@ -110,7 +110,9 @@ def _drop_bad(source: DataSource, report: CheckReport | None, config: DataConfig
     return splits, tuple(sorted(bad))
 
 
-def resolve_positive(class_names: tuple[str, ...], positive_class: str | None) -> tuple[str | None, int | None]:
+def resolve_positive(
+    class_names: tuple[str, ...], positive_class: str | None
+) -> tuple[str | None, int | None]:
     """Positive class for binary tasks: `--positive-class` or, by default, the second class."""
     if len(class_names) != 2:
         if positive_class:
@@ -157,7 +159,9 @@ def load_data(
     label_mode = label_mode or ("binary" if num_classes == 2 else "categorical")
 
     counts = {
-        name: {c: int(n) for c, n in zip(class_names, np.bincount(s.labels, minlength=num_classes), strict=True)}
+        name: {
+            c: int(n) for c, n in zip(class_names, np.bincount(s.labels, minlength=num_classes), strict=True)
+        }
         for name, s in splits.items()
     }
     train_prior = None

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 # Bump when the checks change so stale cache entries are not trusted.
-_CHECK_VERSION = 2
+_CHECK_VERSION = 3
 SUPPORTED_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
 # Pillow's own decompression-bomb limit (~89.5 megapixels) or a side no photo has.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -130,7 +130,9 @@ def _header_findings(path: str, image: Image.Image) -> tuple[list[FileProblem], 
         found.append(FileProblem(path, "16-bit", f"mode {mode}"))
     elif ";16" in _raw_mode(image):  # Pillow opens 16-bit RGB(A) PNGs as 8-bit "RGB(A)"
         found.append(FileProblem(path, "16-bit", f"{_raw_mode(image)} samples"))
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info and image.format != "GIF"):
+    if mode in ("RGBA", "LA", "PA") or (
+        mode == "P" and "transparency" in image.info and image.format != "GIF"
+    ):
         found.append(FileProblem(path, "alpha", f"mode {mode}"))
     if mode == "P" and image.format != "GIF":
         found.append(FileProblem(path, "palette"))
@@ -178,6 +180,20 @@ def decode_failures(paths: list[str], channels: int, target_hw: tuple[int, int])
     return failures
 
 
+def _decode_problem(path: str, message: str) -> FileProblem:
+    """`corrupt`, or `unsupported-format` when Pillow reads the whole file but TensorFlow cannot
+    (a valid variant TensorFlow's decoders lack, such as 1-bit BMP)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                image.load()
+                variant = f"{image.format} {image.mode}"
+    except Exception:  # noqa: BLE001 - any failure here means the file itself is damaged
+        return FileProblem(path, "corrupt", message)
+    return FileProblem(path, "unsupported-format", f"{variant} that TensorFlow cannot decode: {message}")
+
+
 def _op_error_text(message: str) -> str:
     """The decoder's own words from a TensorFlow op error, without node names and op tags."""
     text = re.sub(r"\{\{function_node [^}]*\}\}", "", message.splitlines()[0] if message else "")
@@ -216,7 +232,7 @@ def check_files(
         except OSError as exc:
             results[path] = [FileProblem(path, "unreadable", exc.strerror or str(exc))]
             continue
-        entry = cache.get(path)
+        entry = cache.get(os.path.abspath(path))
         if entry and entry["stat"] == stats[path]:
             results[path] = [FileProblem(**p) for p in entry["problems"]]
             from_cache += 1
@@ -225,10 +241,10 @@ def check_files(
         if decodable:
             to_decode.append(path)
     for path, message in decode_failures(to_decode, channels, target_hw).items():
-        results[path].insert(0, FileProblem(path, "corrupt", message))
+        results[path].insert(0, _decode_problem(path, message))
     for path, found in results.items():
         if path in stats:
-            cache[path] = {"stat": stats[path], "problems": [asdict(p) for p in found]}
+            cache[os.path.abspath(path)] = {"stat": stats[path], "problems": [asdict(p) for p in found]}
     _write_cache(cache_file, cache)
     problems = [p for path in paths for p in results[path]]
     problems.sort(key=lambda p: not p.fatal)  # stable: keeps path order within each group

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from tfpipeline.config import DataConfig
-from tfpipeline.data import resolve_positive
+from tfpipeline.data import check_source, resolve_positive
 from tfpipeline.data.pipeline import decoded_images
 from tfpipeline.data.sources import DataSource, Split
 
@@ -39,12 +40,19 @@ def count_table(source: DataSource) -> pd.DataFrame:
     return table
 
 
-def content_hashes(split: Split) -> list[str]:
-    """SHA-256 of each example's bytes: the encoded file, or the raw pixel array."""
+def content_hashes(split: Split) -> list[str | None]:
+    """SHA-256 of each example's bytes: the encoded file (None if unreadable), or the pixels."""
     if split.from_files:
-        return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in split.paths]
+        return [_file_hash(p) for p in split.paths]
     images = split.images if split.images is not None else (x for x, _ in split.dataset.as_numpy_iterator())
     return [hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() for x in images]
+
+
+def _file_hash(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None  # reported by the file check instead
 
 
 def example_names(split: Split, split_name: str) -> list[str]:
@@ -56,7 +64,8 @@ def find_duplicates(source: DataSource) -> tuple[list[list[str]], list[list[str]
     groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for name, split in source.splits.items():
         for digest, example in zip(content_hashes(split), example_names(split, name), strict=True):
-            groups[digest].append((name, example))
+            if digest is not None:
+                groups[digest].append((name, example))
     within, across = [], []
     for members in groups.values():
         if len(members) < 2:
@@ -75,7 +84,7 @@ def header_stats(split: Split) -> tuple[Counter, Counter]:
                 with Image.open(path) as image:
                     sizes[f"{image.width}x{image.height}"] += 1
                     modes[f"{image.format} {image.mode}"] += 1
-            except (OSError, Image.DecompressionBombError):
+            except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
                 modes["unreadable"] += 1
     elif split.images is not None:
         height, width, channels = split.images.shape[1:]
@@ -102,18 +111,32 @@ def channel_stats(split: Split, config: DataConfig) -> tuple[list[float], list[f
     return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
 
 
-def sample_grid(images: np.ndarray, title: str, ncols: int = 3) -> Figure:
-    """A grid of up to ncols x ncols uint8 images with a title (the assessment's figure 1)."""
+def sample_grid(
+    images: np.ndarray | list[np.ndarray], title: str, ncols: int = 3, captions: list[str] | None = None
+) -> Figure:
+    """A grid of up to ncols x ncols uint8 images with a title (the assessment's figure 1).
+
+    Args:
+        images: [N, H, W, C] uint8 (C = 1 shows in grey).
+        title: the figure title (name the class in it).
+        captions: optional text under each image, e.g. its file name.
+    """
     nrows = max(1, int(np.ceil(len(images) / ncols)))
-    fig = Figure(figsize=(2.4 * ncols, 2.4 * nrows + 0.4))
+    fig = Figure(figsize=(2.4 * ncols, 2.6 * nrows + 0.5))
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax, image in zip(axes.flat, images, strict=False):
+    for i, (ax, image) in enumerate(zip(axes.flat, images, strict=False)):
         ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
+        if captions:
+            ax.set_title(_shorten(captions[i], 30), fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=12, fontweight="bold")
     fig.tight_layout()
     return fig
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 
 def explore(source: DataSource, config: DataConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
@@ -126,6 +149,13 @@ def explore(source: DataSource, config: DataConfig, out_dir: str | Path | None =
     train_counts = np.bincount(source.splits["train"].labels, minlength=len(source.class_names))
     positive_class, positive_index = resolve_positive(source.class_names, config.positive_class)
     within, across = find_duplicates(source)
+    # Bad files are reported, then left out of the pixel statistics and sample grids.
+    check = check_source(source, config)
+    bad = check.bad_paths if check else set()
+    usable = {
+        name: split.subset(np.array([p not in bad for p in split.paths])) if bad else split
+        for name, split in source.splits.items()
+    }
     sizes, modes = Counter(), Counter()
     for split in source.splits.values():
         split_sizes, split_modes = header_stats(split)
@@ -133,7 +163,7 @@ def explore(source: DataSource, config: DataConfig, out_dir: str | Path | None =
         modes.update(split_modes)
     # Statistics on a small decode size: means and stds barely depend on resolution.
     stats_config = replace(config, image_size=(64, 64), resize="stretch")
-    mean, std = channel_stats(source.splits["train"], stats_config)
+    mean, std = channel_stats(usable["train"], stats_config)
     report: dict[str, Any] = {
         "data": source.location,
         "layout": source.kind,
@@ -151,26 +181,43 @@ def explore(source: DataSource, config: DataConfig, out_dir: str | Path | None =
         "channel_std": std,
         "duplicates_within_splits": within,
         "leakage_across_splits": across,
+        "bad_files": sorted(bad),
+        "unusual_files": dict(Counter(p.kind for p in check.warnings)) if check else {},
         "ignored_files": list(source.ignored_files),
         "table": table.to_string(),
     }
     if out_dir is not None:
-        _write(report, source, config, Path(out_dir), table)
+        _write(report, source.class_names, usable["train"], config, Path(out_dir), table)
     return report
 
 
-def _write(report: dict, source: DataSource, config: DataConfig, out: Path, table: pd.DataFrame) -> None:
+def _write(
+    report: dict,
+    class_names: tuple[str, ...],
+    train: Split,
+    config: DataConfig,
+    out: Path,
+    table: pd.DataFrame,
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    train = source.splits["train"]
     rng = np.random.default_rng(config.seed)
-    grid_config = replace(config, image_size=(128, 128))
+    # Letterbox so the aspect ratio shows; small in-memory images (digits, faces) are enlarged
+    # with nearest-neighbour so their pixels stay crisp.
+    interpolation = "bilinear" if train.from_files else "nearest"
+    grid_config = replace(config, image_size=(128, 128), resize="pad", interpolation=interpolation)
+    names = example_names(train, "train")
+    dataset = Path(str(report["data"]).rstrip("/")).name or report["data"]
     grids = []
-    for index, name in enumerate(source.class_names):
-        chosen = np.sort(rng.permutation(np.flatnonzero(train.labels == index))[:9])
+    for index, name in enumerate(class_names):
+        available = np.flatnonzero(train.labels == index)
+        chosen = np.sort(rng.permutation(available)[:9])
+        if len(chosen) == 0:
+            continue
         mask = np.zeros(len(train), bool)
         mask[chosen] = True
         images = np.stack([x for x, _ in decoded_images(train.subset(mask), grid_config).as_numpy_iterator()])
-        fig = sample_grid(images, f"{name}: {len(chosen)} random training images")
+        title = f"class '{name}': {len(chosen)} of {len(available)} training images ({dataset})"
+        fig = sample_grid(images, title, captions=[os.path.basename(names[i]) for i in chosen])
         path = out / f"samples_{_safe(name)}.png"
         fig.savefig(path, dpi=100)
         grids.append(path.name)
@@ -206,6 +253,12 @@ def render_markdown(report: dict, table: pd.DataFrame) -> str:
     ]
     for group in report["leakage_across_splits"][:20]:
         lines.append(f"  - {' = '.join(group)}")
+    lines.append(f"- Bad files (left out of the statistics and samples): {len(report['bad_files'])}")
+    lines += [f"  - `{path}`" for path in report["bad_files"][:20]]
+    if report["unusual_files"]:
+        lines.append(
+            "- Unusual but usable: " + ", ".join(f"{k} x{v}" for k, v in report["unusual_files"].items())
+        )
     lines += ["", "## Samples", ""] + [f"![{g}]({g})" for g in report.get("sample_grids", [])]
     return "\n".join(lines) + "\n"
 

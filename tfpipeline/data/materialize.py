@@ -32,14 +32,17 @@ def materialize_split(source: DataSource, out: str | Path, *, link: bool = False
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"data split: {out} already exists and is not empty")
+    if out.resolve().is_relative_to(Path(source.location).resolve()):
+        raise UserError(f"data split: {out} is inside {source.location}; its folders would become classes")
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     written = {}
     try:
         for split_name, split in source.splits.items():
-            used: set[str] = set()
+            used: dict[int, set[str]] = {}  # names taken per class folder
             for path, label in zip(split.paths, split.labels, strict=True):
-                target = staging / split_name / source.class_names[label] / _unique_name(path, used)
+                name = _unique_name(path, used.setdefault(int(label), set()))
+                target = staging / split_name / source.class_names[label] / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if link:
                     target.symlink_to(Path(path).resolve())

@@ -45,6 +45,8 @@ def load_tfds(config: DataConfig) -> DataSource:
     if not class_names:
         raise UserError(f"--data {config.data}: label '{label_key}' is not a class label")
 
+    _check_classes(class_names, config)
+
     if config.tfds_download:
         try:
             builder.download_and_prepare()
@@ -55,7 +57,9 @@ def load_tfds(config: DataConfig) -> DataSource:
     # data) fall back to the conventional names.
     available = set(builder.info.splits.keys()) or {"train", "test"}
     if "train" not in available:
-        raise UserError(f"--data {config.data}: has no 'train' split (splits: {', '.join(sorted(available))})")
+        raise UserError(
+            f"--data {config.data}: has no 'train' split (splits: {', '.join(sorted(available))})"
+        )
 
     splits = {}
     for ours, theirs in (("train", "train"), ("val", "validation"), ("test", "test")):
@@ -64,9 +68,11 @@ def load_tfds(config: DataConfig) -> DataSource:
 
     if "val" not in splits:
         r_train, r_val, _ = config.split_ratios
-        carved = stratified_split(splits["train"], (r_train, r_val, 0.0), config.seed, class_names, rescale=True)
+        carved = stratified_split(
+            splits["train"], (r_train, r_val, 0.0), config.seed, class_names, rescale=True
+        )
         splits["train"], splits["val"] = carved["train"], carved["val"]
-    return DataSource("tfds", config.data, class_names, _select_classes(splits, class_names, config))
+    return DataSource("tfds", config.data, class_names, splits)
 
 
 def _read_split(builder, split: str, image_key: str, label_key: str, config: DataConfig) -> Split:
@@ -93,9 +99,10 @@ def _read_split(builder, split: str, image_key: str, label_key: str, config: Dat
     return Split(labels=labels, dataset=dataset)
 
 
-def _select_classes(splits: dict[str, Split], class_names: tuple[str, ...], config: DataConfig) -> dict:
+def _check_classes(class_names: tuple[str, ...], config: DataConfig) -> None:
+    """`--classes` may only restate a TFDS dataset's own class order."""
     if not config.classes or tuple(config.classes) == class_names:
-        return splits
+        return
     missing = [c for c in config.classes if c not in class_names]
     if missing:
         raise UserError(f"--classes: {', '.join(missing)} not in {config.data} ({', '.join(class_names)})")

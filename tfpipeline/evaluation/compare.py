@@ -9,7 +9,6 @@ Each run gets a label (`--labels`, or one derived from its config: `vanilla`, `b
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +124,7 @@ def compare_runs(
     Args:
         paths: run folders.
         labels: one legend label per run (default: derived from each run's config).
-        out: output folder (default: `comparison/` next to the runs).
+        out: output folder (default: `comparison/` in the current directory).
         metrics: history metrics to plot (default: those of loss, accuracy, auc, pr_auc,
             precision, recall, f1 that some run logged).
 
@@ -148,15 +147,15 @@ def compare_runs(
     if metrics:
         missing = [m for m in metrics if m not in logged and f"val_{m}" not in logged]
         if missing:
-            raise UserError(f"--metrics {', '.join(missing)}: not in any run's history; available: {', '.join(available)}")
+            raise UserError(
+                f"--metrics {', '.join(missing)}: not in any run's history; available: {', '.join(available)}"
+            )
         chosen = list(metrics)
     else:
         chosen = [m for m in DEFAULT_COMPARE_METRICS if m in logged or f"val_{m}" in logged]
 
-    if out is None:
-        parents = [str(r.path.resolve().parent) for r in records]
-        out = Path(os.path.commonpath(parents)) / "comparison"
-    out_dir = Path(out)
+    # Not next to the runs by default: `compare runs/*` would then trip over it next time.
+    out_dir = Path(out) if out is not None else Path("comparison")
     out_dir.mkdir(parents=True, exist_ok=True)
     histories = {r.label: r.history for r in records}
     files = {}

@@ -109,7 +109,9 @@ def run_threshold(where: Path, config: RunConfig, info: dict, metrics: dict, pos
         prior = (info.get("data") or {}).get("train_prior")
         return float(prior) if prior is not None else 0.5
     if policy == "tuned":
-        raise UserError(f"{where}: no metrics.json, so the run's tuned threshold is unknown (did training finish?)")
+        raise UserError(
+            f"{where}: no metrics.json, so the run's tuned threshold is unknown (did training finish?)"
+        )
     return float(policy)
 
 
@@ -211,7 +213,9 @@ def evaluate_run(
 
     model = load_run_model(context)
     y_true = np.asarray(bundle.splits[split].labels)
-    probs = class_probabilities(model.predict(dataset, verbose=0), context.num_classes, context.positive_index)
+    probs = class_probabilities(
+        model.predict(dataset, verbose=0), context.num_classes, context.positive_index
+    )
     rule = {"positive_index": context.metric_index}
     if context.threshold is not None:
         rule["threshold"] = context.threshold
@@ -229,9 +233,20 @@ def evaluate_run(
             "ece": None,
             "bins": ECE_BINS,
             "table": [
-                {"lower": float(lo), "upper": float(hi), "count": int(c), "accuracy": _num(a), "confidence": _num(f)}
+                {
+                    "lower": float(lo),
+                    "upper": float(hi),
+                    "count": int(c),
+                    "accuracy": _num(a),
+                    "confidence": _num(f),
+                }
                 for lo, hi, c, a, f in zip(
-                    table["lower"], table["upper"], table["count"], table["accuracy"], table["confidence"], strict=True
+                    table["lower"],
+                    table["upper"],
+                    table["count"],
+                    table["accuracy"],
+                    table["confidence"],
+                    strict=True,
                 )
             ],
         },
@@ -245,12 +260,16 @@ def evaluate_run(
     }
     files["classification_report"].write_text(report)
     files["metrics"].write_text(json.dumps(metrics, indent=2))
-    files["confusion_matrix"] = save_figure(plot_confusion_matrix(y_true, y_pred, names), out_dir / "confusion_matrix.png")
+    files["confusion_matrix"] = save_figure(
+        plot_confusion_matrix(y_true, y_pred, names), out_dir / "confusion_matrix.png"
+    )
     files["roc"] = save_figure(plot_roc(y_true, probs, names, context.metric_index), out_dir / "roc.png")
     files["precision_recall"] = save_figure(
         plot_precision_recall(y_true, probs, names, context.metric_index), out_dir / "precision_recall.png"
     )
-    files["reliability"] = save_figure(plot_reliability_diagram(y_true, probs, ECE_BINS), out_dir / "reliability.png")
+    files["reliability"] = save_figure(
+        plot_reliability_diagram(y_true, probs, ECE_BINS), out_dir / "reliability.png"
+    )
 
     selection = _Selection(bundle.splits[split], data_config, context, split)
     if top_losses > 0:
@@ -339,7 +358,9 @@ def _gradcam_figure(selection: _Selection, model, y_true, probs, y_pred, count: 
     path = find_last_conv_layer(model)
     heatmaps = np.concatenate(
         [
-            gradcam_heatmaps(model, inputs[s : s + GRADCAM_CHUNK], targets[s : s + GRADCAM_CHUNK], layer_path=path)
+            gradcam_heatmaps(
+                model, inputs[s : s + GRADCAM_CHUNK], targets[s : s + GRADCAM_CHUNK], layer_path=path
+            )
             for s in range(0, len(chosen), GRADCAM_CHUNK)
         ]
     )
@@ -349,7 +370,8 @@ def _gradcam_figure(selection: _Selection, model, y_true, probs, y_pred, count: 
         heatmaps,
         titles,
         ncols=2,
-        suptitle=f"Grad-CAM of the predicted class (layer {'/'.join(path)}), {len(chosen)} {selection.name} images",
+        suptitle=f"Grad-CAM of the predicted class, {len(chosen)} {selection.name} images "
+        f"(layer {'/'.join(path)})",
     )
     return save_figure(figure, out_dir / "gradcam.png")
 

@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class Predictor(Protocol):
-    """The interface `predict_files` needs; see the module docstring."""
+    """The interface `predict_files` needs; see the module docstring.
+
+    A predictor may also have `decode_check = (channels, (height, width))`, the decode settings
+    the bad-file check should use (default 3 channels at 224x224).
+    """
 
     class_names: tuple[str, ...]
     positive_index: int | None
@@ -126,7 +130,9 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
         elif path.exists() or path.is_symlink():
             found.append(path)
         else:
@@ -192,7 +198,9 @@ def predict_files(
             done += len(outputs[-1])
     except tf.errors.OpError as exc:  # the check passed but decoding failed anyway
         culprit = good[min(done, len(good) - 1)]
-        raise UserError(f"cannot read image {culprit} (or a file near it): {exc.message.splitlines()[0]}") from None
+        raise UserError(
+            f"cannot read image {culprit} (or a file near it): {exc.message.splitlines()[0]}"
+        ) from None
     return good, np.concatenate(outputs), [p for p in paths if p in bad]
 
 

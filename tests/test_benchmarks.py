@@ -1,0 +1,51 @@
+"""Smoke tests: each benchmark script runs on tiny inputs and prints one valid JSON object.
+
+Timing is never asserted here (benchmarks measure, tests check correctness); only that the
+scripts work and report the fields their README promises.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str) -> dict:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_input_pipeline_benchmark(class_folder):
+    result = run_benchmark("input_pipeline.py", "--data", str(class_folder), "--image-size", "32", "--no-reference")
+    ours = result["tfpipeline"]
+    assert ours["images"] == 24
+    assert ours["first_epoch_images_per_sec"] > 0 and ours["cached_epoch_images_per_sec"] > 0
+    assert "first_epoch_images_per_sec_full_scale_decode" in ours
+    assert result["reference"] == {"skipped": "skipped by --no-reference"}
+
+
+def test_train_step_benchmark():
+    result = run_benchmark(
+        "train_step.py", "--steps", "2", "--image-size", "48", "--batch-size", "4", "--variants", "default,spe8",
+        "--no-reference",
+    )  # fmt: skip
+    for variant in ("default", "spe8"):
+        assert result["tfpipeline"][variant]["images_per_sec"] > 0, result
+
+
+@pytest.mark.slow
+def test_epoch_benchmark(image_folder):
+    result = run_benchmark(
+        "epoch.py", "--data", str(image_folder), "--epochs", "2", "--image-size", "48", "--no-reference"
+    )
+    assert result["tfpipeline"]["epochs"] == 2
+    assert 0.0 <= result["tfpipeline"]["best_val_auc"] <= 1.0

@@ -1,0 +1,218 @@
+"""`tfpipeline evaluate` on a tiny trained run: every artefact, metrics equal to scikit-learn's on
+the same predictions, the run's own threshold, a short summary, Grad-CAM for small_cnn and
+resnet50_head, and clean user errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn import metrics as skm
+
+from tfpipeline.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+COLOURS = {"blue": (40, 70, 210), "red": (210, 50, 40)}
+ARTEFACTS = (
+    "classification_report.txt",
+    "metrics.json",
+    "confusion_matrix.png",
+    "roc.png",
+    "precision_recall.png",
+    "reliability.png",
+    "top_losses.png",
+    "gradcam.png",
+    "summary.md",
+)
+
+
+def write_split_folder(root: Path, counts=(("train", 12), ("val", 4), ("test", 4))) -> Path:
+    """train/val/test x blue/red images, 32x32 or 40x36, JPEG and PNG, told apart by colour."""
+    rng = np.random.default_rng(7)
+    for split, n in counts:
+        for name, colour in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                height, width = (32, 32) if i % 3 else (36, 40)
+                pixels = np.clip(np.array(colour) + rng.normal(0, 25, (height, width, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(
+                    folder / f"{name}_{i}.{'png' if i % 2 else 'jpg'}"
+                )
+    return root
+
+
+def train_tiny_run(data: Path, runs: Path, *extra: str) -> Path:
+    argv = ["train", "--data", str(data), "--epochs", "1", "--image-size", "32", "--padding", "same"]
+    argv += ["--optimizer", "adam", "--lr", "0.01", "--batch-size", "8", "--cache", "none"]
+    argv += ["--run-dir", str(runs), *extra]
+    assert main(argv) == 0
+    (run,) = [p for p in runs.iterdir() if p.is_dir() and p.name not in {"comparison"}]
+    return run
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory) -> Path:
+    """One small_cnn run whose positive class is index 0 (`blue`), to exercise the mapping."""
+    root = tmp_path_factory.mktemp("evaluate")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TFPIPELINE_CACHE_DIR", str(root / "cache"))
+        data = write_split_folder(root / "data")
+        return train_tiny_run(data, root / "runs", "--positive-class", "blue", "--threshold", "0.4")
+
+
+def _predictions(run: Path, split: str):
+    """The run's checkpoint over the training pipeline's split, as class probabilities."""
+    import keras
+
+    from tfpipeline.data import load_data
+    from tfpipeline.evaluation.run_report import class_probabilities
+    from tfpipeline.training import RunFolder
+
+    folder = RunFolder.open(run)
+    config = folder.read_config()
+    scaling = json.loads(folder.run_file.read_text())["scaling"]
+    bundle = load_data(config.data, scaling=scaling)
+    model = keras.models.load_model(folder.best_checkpoint, compile=False)
+    dataset = bundle.test if split == "test" else bundle.val
+    probs = class_probabilities(model.predict(dataset, verbose=0), 2, bundle.info.positive_index)
+    return bundle.splits[split].labels, probs, bundle.info.positive_index
+
+
+def test_evaluate_writes_every_artefact_with_sklearn_metrics(binary_run, capsys):
+    assert main(["evaluate", str(binary_run), "--gradcam", "4", "--top-losses", "4"]) == 0
+    out = capsys.readouterr().out
+    folder = binary_run / "evaluation" / "test"
+    for name in ARTEFACTS:
+        path = folder / name
+        assert path.is_file() and path.stat().st_size > 0, name
+        if name.endswith(".png"):
+            assert path.read_bytes()[:8] == PNG_MAGIC
+    assert "precision" in out and "blue" in out and "red" in out and str(folder) in out
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    run_metrics = json.loads((binary_run / "metrics.json").read_text())
+    threshold = run_metrics["threshold"]["value"]
+    assert threshold == pytest.approx(0.4)
+    assert metrics["threshold"] == pytest.approx(threshold)  # the run's, not a new one
+    assert metrics["positive_class"] == "blue" and metrics["split"] == "test"
+
+    y_true, probs, positive = _predictions(binary_run, "test")
+    assert positive == 0
+    y_pred = np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+    assert metrics["num_samples"] == len(y_true) == 8
+    assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    assert metrics["precision"] == pytest.approx(
+        skm.precision_score(y_true, y_pred, pos_label=0, zero_division=0)
+    )
+    assert metrics["recall"] == pytest.approx(skm.recall_score(y_true, y_pred, pos_label=0, zero_division=0))
+    assert metrics["f1"] == pytest.approx(skm.f1_score(y_true, y_pred, pos_label=0, zero_division=0))
+    assert metrics["roc_auc"] == pytest.approx(skm.roc_auc_score(y_true == 0, probs[:, 0]), abs=1e-6)
+    assert metrics["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist()
+    # the test metrics training reported come from the same checkpoint and threshold
+    assert metrics["accuracy"] == pytest.approx(run_metrics["test"]["accuracy"])
+    assert 0.0 <= metrics["ece"] <= 1.0 and metrics["calibration"]["ece"] == metrics["ece"]
+    assert sum(b["count"] for b in metrics["calibration"]["table"]) == len(y_true)
+
+    report = (folder / "classification_report.txt").read_text()
+    assert "blue" in report and "red" in report and "accuracy" in report
+    summary = (folder / "summary.md").read_text()
+    assert len(summary.split()) <= 500
+    assert f"{metrics['accuracy']:.3f}" in summary
+
+
+def test_evaluate_val_split_and_out_folder(binary_run, tmp_path):
+    out = tmp_path / "eval_out"
+    code = main(["evaluate", str(binary_run), "--split", "val", "--out", str(out), "--gradcam", "0"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["num_samples"] == 8
+    assert not (out / "gradcam.png").exists() and (out / "top_losses.png").is_file()
+    run_val = json.loads((binary_run / "metrics.json").read_text())["val"]
+    for key in ("accuracy", "f1", "roc_auc"):
+        assert metrics[key] == pytest.approx(run_val[key], abs=1e-9)
+
+
+def test_evaluate_missing_split_is_a_user_error(binary_run, tmp_path, capsys):
+    data = tmp_path / "no_test"
+    shutil.copytree(binary_run.parent.parent / "data" / "train", data / "train")
+    shutil.copytree(binary_run.parent.parent / "data" / "val", data / "val")
+    code = main(
+        ["evaluate", str(binary_run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error:" in err and "no test split" in err and "Traceback" not in err
+
+
+def test_evaluate_not_a_run_folder(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and str(tmp_path) in err and "Traceback" not in err
+    assert main(["evaluate", str(tmp_path), "--split", "train"]) == 2
+
+
+def test_gradcam_small_cnn_run_model(binary_run):
+    import keras
+
+    from tfpipeline.evaluation.evaluate import gradcam_class_targets, open_run, unscale_pixels
+    from tfpipeline.evaluation.gradcam import gradcam_heatmaps
+
+    model = keras.models.load_model(binary_run / "checkpoints" / "best.keras", compile=False)
+    folder = binary_run.parent.parent / "data" / "test"
+    files = sorted(folder.rglob("*_1.png"))  # one image per class
+    images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in files])
+    inputs = images.astype(np.float32) / 255.0  # the run's `unit` scaling
+    assert open_run(binary_run).scaling == "unit"
+    assert np.array_equal(unscale_pixels(inputs, "unit"), images)
+    predicted = np.where(model.predict(inputs, verbose=0)[:, 0] >= 0.5, 0, 1)  # sigmoid scores blue (0)
+    heatmaps = gradcam_heatmaps(model, inputs, gradcam_class_targets(predicted, 0))
+    assert heatmaps.shape == (2, 32, 32)
+    assert np.all(heatmaps.reshape(2, -1).std(axis=1) > 0)
+    assert heatmaps.min() >= 0 and heatmaps.max() == pytest.approx(1.0)
+
+
+def test_gradcam_resnet50_head_untrained():
+    from tfpipeline.config import ModelConfig
+    from tfpipeline.evaluation.gradcam import find_last_conv_layer, gradcam_heatmaps
+    from tfpipeline.models import build_model
+
+    model = build_model(ModelConfig(name="resnet50_head", weights="none"), (64, 64, 3), 2)
+    assert find_last_conv_layer(model)[-1].startswith("conv5")
+    images = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    heatmaps = gradcam_heatmaps(model, images, [1, 0])
+    assert heatmaps.shape == (2, 64, 64)
+    assert np.all(heatmaps.reshape(2, -1).std(axis=1) > 0)
+
+
+def test_gradcam_class_targets_follow_the_positive_class():
+    from tfpipeline.evaluation.evaluate import gradcam_class_targets
+
+    assert gradcam_class_targets(np.array([0, 1, 1]), 0).tolist() == [1, 0, 0]
+    assert gradcam_class_targets(np.array([0, 1, 1]), 1).tolist() == [0, 1, 1]
+    assert gradcam_class_targets(np.array([2, 0]), None).tolist() == [2, 0]
+
+
+@pytest.mark.slow
+def test_evaluate_resnet50_head_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFPIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_split_folder(tmp_path / "data", counts=(("train", 4), ("val", 2), ("test", 2)))
+    argv = ["train", "--model", "resnet50_head", "--weights", "none", "--data", str(data), "--epochs", "1"]
+    argv += [
+        "--image-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--cache",
+        "none",
+        "--run-dir",
+        str(tmp_path / "runs"),
+    ]
+    assert main(argv) == 0
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert main(["evaluate", str(run), "--gradcam", "2", "--top-losses", "2"]) == 0
+    assert (run / "evaluation" / "test" / "gradcam.png").is_file()

@@ -1,0 +1,74 @@
+"""`tfpipeline export`: a finished run -> a versioned SavedModel / .keras / TFLite folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _version(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import logging
+
+    from tfpipeline.export import export_run
+
+    if not args.debug:  # SavedModel writing logs "Assets written to: <temporary folder>" at INFO
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+    result = export_run(
+        args.run, out=args.out, fmt=args.format, version=args.version, name=args.name, force=args.force
+    )
+    meta = result.metadata
+    print(f"exported {result.format} to {result.path} ({result.size_bytes:,} bytes)")
+    print(f"  classes: {', '.join(meta['class_names'])}")
+    threshold = meta["threshold"]
+    if threshold["value"] is not None:
+        print(
+            f"  decision threshold: {threshold['value']:.4f} ({threshold['policy']}) "
+            f"for '{threshold['positive_class']}'"
+        )
+    h, w = meta["input"]["image_size"]
+    print(f"  input: {h}x{w} {meta['input']['color_mode']}, scaling {meta['input']['scaling']}")
+    if result.format == "saved_model":
+        print("  signatures: serving_default (image_bytes), predict_images (float32), predict_images_uint8")
+    lite = meta.get("tflite")
+    if lite:
+        agreement = lite.get("agreement_pct")
+        shown = f"{agreement:.2f}%" if agreement is not None else "not measured"
+        print(f"  tflite: {lite['size_bytes']:,} bytes; top-class agreement with Keras {shown}", end="")
+        print(f" on {lite['num_images']} {lite['split']} images" if lite.get("split") else "")
+    print(f"  model card: {result.path / 'README.md'}")
+    return 0
+
+
+def register(commands) -> None:
+    """Add `export` to the top-level subparsers."""
+    export = commands.add_parser(
+        "export",
+        help="export a run's best checkpoint for serving (SavedModel, .keras or TFLite)",
+        description="Write OUT/NAME/VERSION/ (TF Serving's layout) with the model, metadata.json and a "
+        "model card README.md. The SavedModel's serving_default signature takes encoded image bytes and "
+        "preprocesses them exactly as training did; predict_images takes float32 pixels.",
+    )
+    export.add_argument("run", metavar="RUN", help="run folder")
+    export.add_argument("--out", metavar="DIR", default="exports", help="parent folder (default: exports)")
+    export.add_argument(
+        "--format",
+        choices=("saved_model", "keras", "tflite"),
+        default="saved_model",
+        help="default saved_model (for TF Serving)",
+    )
+    export.add_argument(
+        "--version", type=_version, metavar="N", help="version number (default: one after the highest)"
+    )
+    export.add_argument("--name", help="model name in the layout (default: the run's model name)")
+    export.add_argument("--force", action="store_true", help="overwrite an existing version")
+    export.set_defaults(func=cmd_export)

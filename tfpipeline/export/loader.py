@@ -1,0 +1,184 @@
+"""Load an export folder back as a predictor (what `tfpipeline predict` calls for exports).
+
+:func:`load_export` accepts a version folder (`exports/small_cnn/3`) or a model folder
+(`exports/small_cnn`, meaning its highest version) of any export format. The returned object
+fits the predictor interface of :mod:`tfpipeline.evaluation.predict` (`class_names`,
+`positive_index`, `threshold`, `preprocess`, `__call__`) and also offers
+:meth:`ExportedModel.predict_bytes` for encoded files and :meth:`ExportedModel.predict_pixels`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tfpipeline.errors import UserError
+from tfpipeline.export.archive import existing_versions
+from tfpipeline.export.metadata import read_metadata
+from tfpipeline.export.signatures import BYTES_SIGNATURE, FLOAT_SIGNATURE, ServingSpec
+
+MODEL_FILES = {"saved_model": "saved_model.pb", "keras": "model.keras", "tflite": "model.tflite"}
+
+
+def resolve_export_dir(path: str | Path) -> Path:
+    """The version folder meant by `path` (itself, or the highest version inside it)."""
+    path = Path(path)
+    if _has_metadata(path):
+        return path
+    versions = existing_versions(path)
+    if versions and _has_metadata(path / str(versions[-1])):
+        return path / str(versions[-1])
+    raise UserError(f"{path}: not a tfpipeline export (no metadata.json, no version folder with one)")
+
+
+def _has_metadata(path: Path) -> bool:
+    return (path / "assets" / "metadata.json").is_file() or (path / "metadata.json").is_file()
+
+
+def is_export(path: str | Path) -> bool:
+    """True for an export version folder or a folder of versions (for `register_loader`)."""
+    try:
+        resolve_export_dir(path)
+    except UserError:
+        return False
+    return True
+
+
+@dataclass
+class ExportedModel:
+    """An exported model plus its metadata; see the module docstring.
+
+    Attributes:
+        path: the version folder.
+        metadata: its metadata.json.
+        spec: the preprocessing and decision facts, rebuilt from the metadata.
+    """
+
+    path: Path
+    metadata: dict[str, Any]
+    spec: ServingSpec
+    _model: Any = field(default=None, repr=False)
+
+    # -- the predictor interface of tfpipeline.evaluation.predict
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+    @property
+    def positive_index(self) -> int | None:
+        return self.spec.positive_index
+
+    @property
+    def threshold(self) -> float | None:
+        return self.spec.threshold
+
+    @property
+    def format(self) -> str:
+        return self.metadata["format"]
+
+    @property
+    def decode_check(self) -> tuple[int, tuple[int, int]]:
+        return self.spec.channels, tuple(self.spec.image_size)
+
+    def preprocess(self, contents):
+        """One file's bytes -> one model input (TF ops; runs inside tf.data).
+
+        A SavedModel decodes inside its serving signature, so the bytes pass through; the keras
+        and tflite formats get the training pipeline's uint8 pixels.
+        """
+        if self.format == "saved_model":
+            return contents
+        from tfpipeline.export.signatures import bytes_to_pixels
+
+        return bytes_to_pixels(contents, 0, self.spec)
+
+    def __call__(self, batch) -> np.ndarray:
+        """A batch of `preprocess` outputs -> (N, K) probabilities in class order."""
+        if self.format == "saved_model":
+            return self.predict_bytes(batch)
+        return self.predict_pixels(batch)
+
+    # -- direct use
+    def predict_bytes(self, contents: Sequence[bytes] | Any) -> np.ndarray:
+        """Encoded image files -> (N, K) probabilities (any export format)."""
+        import tensorflow as tf
+
+        contents = tf.convert_to_tensor(contents, dtype=tf.string)
+        if self.format == "saved_model":
+            out = self._model.signatures[BYTES_SIGNATURE](image_bytes=contents)
+            return out["probabilities"].numpy().astype(np.float64)
+        from tfpipeline.export.signatures import decode_batch
+
+        return self.predict_pixels(decode_batch(contents, self.spec))
+
+    def predict_pixels(self, pixels: Any) -> np.ndarray:
+        """Pixels [N, H, W, C] 0..255 at the model's size -> (N, K) probabilities."""
+        import tensorflow as tf
+
+        pixels = tf.cast(tf.convert_to_tensor(pixels), tf.float32)
+        if self.format == "saved_model":
+            out = self._model.signatures[FLOAT_SIGNATURE](images=pixels)
+            return out["probabilities"].numpy().astype(np.float64)
+        if self.format == "tflite":
+            from tfpipeline.export.tflite import tflite_probabilities
+
+            return tflite_probabilities(self._model, pixels.numpy())
+        from tfpipeline.export.tflite import keras_probabilities
+
+        return keras_probabilities(self._model, self.spec, pixels.numpy())
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Class indices by the export's rule (thresholded positive score, or argmax)."""
+        from tfpipeline.export.tflite import decide
+
+        return decide(np.asarray(probs), self.spec)
+
+
+def spec_from_metadata(meta: dict[str, Any]) -> ServingSpec:
+    inp = meta["input"]
+    return ServingSpec(
+        class_names=tuple(meta["class_names"]),
+        positive_index=meta.get("positive_index"),
+        threshold=(meta.get("threshold") or {}).get("value"),
+        image_size=(int(inp["image_size"][0]), int(inp["image_size"][1])),
+        channels=int(inp["channels"]),
+        resize=inp["resize"],
+        interpolation=inp["interpolation"],
+        scaling=inp["scaling"],
+    )
+
+
+def load_export(path: str | Path) -> ExportedModel:
+    """Load the export at `path` (a version folder, or a model folder: its highest version).
+
+    Raises:
+        UserError: `path` is not an export, or its model file is missing or unloadable.
+    """
+    folder = resolve_export_dir(path)
+    meta = read_metadata(folder)
+    fmt = meta.get("format")
+    if fmt not in MODEL_FILES:
+        raise UserError(f"{folder}: unknown export format '{fmt}' in metadata.json")
+    model_file = folder / MODEL_FILES[fmt]
+    if not model_file.is_file():
+        raise UserError(f"{folder}: missing {model_file.name} for a '{fmt}' export")
+    try:
+        if fmt == "saved_model":
+            import tensorflow as tf
+
+            model = tf.saved_model.load(str(folder))
+        elif fmt == "tflite":
+            model = model_file.read_bytes()
+        else:
+            import keras
+
+            import tfpipeline.models  # noqa: F401  (registers custom layers for deserialisation)
+
+            model = keras.models.load_model(model_file, compile=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{model_file}: cannot load the exported model ({exc})") from exc
+    return ExportedModel(path=folder, metadata=meta, spec=spec_from_metadata(meta), _model=model)

@@ -1,0 +1,158 @@
+"""`metadata.json`: what a served model needs to be used and audited without the run folder.
+
+Written to `assets/metadata.json` in a SavedModel export (TF Serving copies assets with the
+model) and to `metadata.json` beside the model file for the keras and tflite formats.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tfpipeline.config import to_dict
+
+SCHEMA_VERSION = 1
+METADATA_FILE = "metadata.json"
+_PACKAGES = ("tfpipeline", "tensorflow", "keras")
+
+
+def data_fingerprint(run_path: Path, data_summary: dict[str, Any]) -> dict[str, str]:
+    """sha256 identifying the training data of a run.
+
+    File-based data: over the sorted `(split, path, label)` rows of `splits/*.csv`, so the same
+    file lists give the same fingerprint. In-memory data (embedded, TFDS): over the run's data
+    summary (source, location, classes, counts), which is all the run records about it.
+    """
+    files = sorted((run_path / "splits").glob("*.csv"))
+    digest = hashlib.sha256()
+    if files:
+        rows = []
+        for file in files:
+            with open(file, newline="") as handle:
+                reader = csv.DictReader(handle)
+                rows += [(file.stem, row["path"], str(row["label"])) for row in reader]
+        for split, path, label in sorted(rows):
+            digest.update(f"{split}\t{path}\t{label}\n".encode())
+        return {"sha256": digest.hexdigest(), "over": "splits/*.csv (split, path, label) rows"}
+    digest.update(json.dumps(data_summary, sort_keys=True, default=str).encode())
+    return {"sha256": digest.hexdigest(), "over": "run.json data summary (in-memory data)"}
+
+
+def training_metrics(run_path: Path, best_epoch: int | None) -> dict[str, Any] | None:
+    """The training-set metrics of the best epoch (history.csv columns without `val_`)."""
+    history_file = run_path / "history.csv"
+    if not history_file.is_file():
+        return None
+    history = pd.read_csv(history_file)
+    if history.empty:
+        return None
+    row = history.iloc[(best_epoch or len(history)) - 1]
+    skip = ("epoch", "epoch_seconds", "learning_rate", "lr")
+    values = {
+        str(k): float(v)
+        for k, v in row.items()
+        if k not in skip and not str(k).startswith("val_") and pd.notna(v)
+    }
+    return {"epoch": int(best_epoch or len(history)), **values}
+
+
+def build_metadata(context: Any, spec: Any, *, name: str, version: int, fmt: str) -> dict[str, Any]:
+    """The metadata dict of an export.
+
+    Args:
+        context: the run's :class:`~tfpipeline.evaluation.evaluate.RunContext`.
+        spec: the :class:`~tfpipeline.export.signatures.ServingSpec` the export was built with.
+        name / version: the export's model name and version.
+        fmt: `saved_model`, `keras` or `tflite`.
+    """
+    import keras
+    import tensorflow as tf
+
+    import tfpipeline
+
+    config, info, metrics = context.config, context.info, context.metrics
+    data_summary = dict(info.get("data") or {})
+    threshold = dict(metrics.get("threshold") or {})
+    best_epoch = metrics.get("best_epoch")
+    positive = spec.class_names[spec.positive_index] if spec.positive_index is not None else None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "format": fmt,
+        "name": name,
+        "version": int(version),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "class_names": list(spec.class_names),
+        "num_classes": len(spec.class_names),
+        "positive_class": positive,
+        "positive_index": spec.positive_index,
+        "threshold": {
+            "policy": threshold.get("policy", config.train.threshold) if spec.binary else None,
+            "value": spec.threshold,
+            "positive_class": positive,
+        },
+        "input": {
+            "image_size": list(spec.image_size),
+            "channels": spec.channels,
+            "color_mode": config.data.color_mode,
+            "resize": spec.resize,
+            "interpolation": spec.interpolation,
+            "scaling": spec.scaling,
+            "pixels": "0..255",
+        },
+        "model": {"name": config.model.name, "config": to_dict(config.model)},
+        "train_config": to_dict(config.train),
+        "metrics": {
+            "train": training_metrics(context.run.path, best_epoch),
+            "val": metrics.get("val"),
+            "test": metrics.get("test"),
+            "best_epoch": best_epoch,
+            "monitor": metrics.get("monitor"),
+        },
+        "data": {
+            "source": data_summary.get("source"),
+            "location": data_summary.get("location", config.data.data),
+            "counts": data_summary.get("counts"),
+            "train_prior": data_summary.get("train_prior"),
+            "fingerprint": data_fingerprint(context.run.path, data_summary),
+        },
+        "versions": {
+            "tfpipeline": tfpipeline.__version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "trained_with": {k: info[f"{k}_version"] for k in _PACKAGES if f"{k}_version" in info},
+        },
+        "run": {
+            "path": str(context.run.path.resolve()),
+            "checkpoint": str(context.run.model_checkpoint().relative_to(context.run.path)),
+            "epochs_run": info.get("epochs_run"),
+        },
+    }
+
+
+def write_metadata(path: Path, metadata: dict[str, Any]) -> Path:
+    """Write `metadata` as indented JSON to `path` (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metadata, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    """An export folder's metadata (`assets/metadata.json` or `metadata.json`)."""
+    for candidate in (folder / "assets" / METADATA_FILE, folder / METADATA_FILE):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    raise FileNotFoundError(f"{folder}: no {METADATA_FILE} (not a tfpipeline export)")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -1,0 +1,187 @@
+"""Serving signatures: encoded image bytes or pixel batches in, class probabilities out.
+
+The bytes signature preprocesses with the functions training used
+(:mod:`tfpipeline.data.decode`: decode_image -> match_channels -> resize_image -> scale_pixels),
+traced into the SavedModel graph, so a served model sees exactly the pixels the training
+pipeline fed it. Every signature returns the same outputs:
+
+- ``probabilities`` float32 [N, K], columns in class-name order;
+- ``class_index`` int64 [N] and ``class_name`` string [N]: the predicted class (for a binary
+  model: the positive class when ``score >= threshold``, the run's own decision rule);
+- binary models only: ``score`` float32 [N] (positive-class probability) and ``decision``
+  bool [N] (``score >= threshold``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+
+from tfpipeline.data.decode import decode_image, match_channels, resize_image, scale_pixels
+
+BYTES_SIGNATURE = "serving_default"
+FLOAT_SIGNATURE = "predict_images"
+UINT8_SIGNATURE = "predict_images_uint8"
+BYTES_INPUT = "image_bytes"  # the `_bytes` suffix also tells Cloud-style REST front ends to expect b64
+PIXELS_INPUT = "images"
+NOT_AN_IMAGE = "is not a decodable image (expected JPEG, PNG, BMP or GIF bytes)"
+
+# Magic numbers of the formats TensorFlow's decoders accept (JPEG via tf.io.is_jpeg).
+_MAGIC = ((b"\x89PNG\r\n\x1a\n",), (b"GIF87a", b"GIF89a"), (b"BM",))
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """Everything the signatures need to know about a run, as plain values.
+
+    Attributes:
+        class_names: output order of the model (K names).
+        positive_index: index of the class a binary model's sigmoid scores; None for K > 2.
+        threshold: binary decision threshold on the positive-class probability; None for K > 2.
+        image_size: (height, width) the model takes.
+        channels: 1 or 3.
+        resize / interpolation: the run's resize method and interpolation.
+        scaling: `unit`, `symmetric` or `raw` (run.json's resolved pixel range).
+    """
+
+    class_names: tuple[str, ...]
+    positive_index: int | None
+    threshold: float | None
+    image_size: tuple[int, int]
+    channels: int
+    resize: str
+    interpolation: str
+    scaling: str
+
+    @property
+    def binary(self) -> bool:
+        return len(self.class_names) == 2
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        return (*self.image_size, self.channels)
+
+    @classmethod
+    def from_context(cls, context: Any) -> ServingSpec:
+        """From a :class:`tfpipeline.evaluation.evaluate.RunContext`."""
+        data = context.config.data
+        binary = len(context.class_names) == 2
+        positive = context.positive_index if binary else None
+        if binary and positive is None:
+            positive = 1
+        threshold = context.threshold if binary else None
+        return cls(
+            class_names=tuple(context.class_names),
+            positive_index=positive,
+            threshold=float(threshold if threshold is not None else 0.5) if binary else None,
+            image_size=(int(data.image_size[0]), int(data.image_size[1])),
+            channels=int(data.channels),
+            resize=data.resize,
+            interpolation=data.interpolation,
+            scaling=context.scaling,
+        )
+
+
+def is_image_bytes(contents: tf.Tensor) -> tf.Tensor:
+    """Scalar bool: `contents` starts with a JPEG, PNG, GIF or BMP signature."""
+    checks = [tf.io.is_jpeg(contents)]
+    for magics in _MAGIC:
+        for magic in magics:
+            checks.append(tf.equal(tf.strings.substr(contents, 0, len(magic)), magic))
+    return tf.reduce_any(tf.stack(checks))
+
+
+def bytes_to_pixels(contents: tf.Tensor, index: tf.Tensor, spec: ServingSpec) -> tf.Tensor:
+    """One encoded image -> uint8 [H, W, C], as :func:`tfpipeline.data.pipeline.decoded_images`.
+
+    Raises (at run time):
+        tf.errors.InvalidArgumentError: "input image_bytes[i] is not a decodable image ..." when
+            the bytes are not JPEG/PNG/BMP/GIF; the decoder's own InvalidArgumentError for a
+            corrupt file of a known format.
+    """
+    message = tf.strings.format(f"input {BYTES_INPUT}[{{}}] {NOT_AN_IMAGE}", index)
+    check = tf.debugging.Assert(is_image_bytes(contents), [message], summarize=1)
+    with tf.control_dependencies([check]):
+        contents = tf.identity(contents)
+    size = tuple(spec.image_size)
+    image = decode_image(contents, spec.channels, size)
+    image = match_channels(image, spec.channels)
+    image = resize_image(image, size, spec.resize, spec.interpolation)
+    return tf.ensure_shape(image, spec.pixel_shape)
+
+
+def decode_batch(contents: tf.Tensor, spec: ServingSpec) -> tf.Tensor:
+    """string [N] -> uint8 [N, H, W, C], one image at a time (images may differ in size)."""
+    indices = tf.range(tf.shape(contents, out_type=tf.int64)[0])
+    return tf.map_fn(
+        lambda item: bytes_to_pixels(item[0], item[1], spec),
+        (contents, indices),
+        fn_output_signature=tf.TensorSpec(spec.pixel_shape, tf.uint8),
+    )
+
+
+def class_outputs(raw: tf.Tensor, spec: ServingSpec) -> dict[str, tf.Tensor]:
+    """Model output -> the signature outputs (see the module docstring)."""
+    raw = tf.cast(raw, tf.float32)
+    names = tf.constant(list(spec.class_names), dtype=tf.string)
+    if not spec.binary:
+        class_index = tf.argmax(raw, axis=1, output_type=tf.int64)
+        return {
+            "probabilities": raw,
+            "class_index": class_index,
+            "class_name": tf.gather(names, class_index),
+        }
+    score = tf.reshape(raw, [-1])
+    columns = [1.0 - score, score] if spec.positive_index == 1 else [score, 1.0 - score]
+    decision = score >= tf.constant(spec.threshold, tf.float32)
+    positive, negative = spec.positive_index, 1 - spec.positive_index
+    class_index = tf.where(decision, tf.constant(positive, tf.int64), tf.constant(negative, tf.int64))
+    return {
+        "probabilities": tf.stack(columns, axis=1),
+        "class_index": class_index,
+        "class_name": tf.gather(names, class_index),
+        "score": score,
+        "decision": decision,
+    }
+
+
+def make_functions(model: Any, spec: ServingSpec) -> dict[str, tuple[Any, list[tf.TensorSpec]]]:
+    """Signature name -> (python function, input signature), ready for `add_endpoint`."""
+
+    def from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = scale_pixels(pixels, spec.scaling)
+        return class_outputs(model(images, training=False), spec)
+
+    def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return from_pixels(decode_batch(image_bytes, spec))
+
+    def serve_float(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return from_pixels(images)
+
+    def serve_uint8(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return from_pixels(images)
+
+    pixels = [None, *spec.pixel_shape]
+    return {
+        BYTES_SIGNATURE: (serve_bytes, [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]),
+        FLOAT_SIGNATURE: (serve_float, [tf.TensorSpec(pixels, tf.float32, name=PIXELS_INPUT)]),
+        UINT8_SIGNATURE: (serve_uint8, [tf.TensorSpec(pixels, tf.uint8, name=PIXELS_INPUT)]),
+    }
+
+
+def build_archive(model: Any, spec: ServingSpec):
+    """A `keras.export.ExportArchive` tracking `model` with the three signatures."""
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, (fn, signature) in make_functions(model, spec).items():
+        archive.add_endpoint(name=name, fn=fn, input_signature=signature)
+    return archive
+
+
+def write_saved_model(model: Any, spec: ServingSpec, path: str) -> None:
+    """Write the SavedModel (variables, graph, signatures) to `path` (which must not exist yet)."""
+    build_archive(model, spec).write_out(path, verbose=False)
