@@ -47,7 +47,9 @@ def run_tfpipeline(data: Path, epochs: int, image_size: int, extra: list[str]) -
         "wall_seconds": round(wall, 1),
         "first_epoch_seconds": round(seconds[0], 2),
         "median_epoch_seconds": round(statistics.median(seconds), 2),
-        "median_epoch_seconds_after_first": round(statistics.median(seconds[1:]), 2) if len(seconds) > 1 else None,
+        "median_epoch_seconds_after_first": round(statistics.median(seconds[1:]), 2)
+        if len(seconds) > 1
+        else None,
         "best_val_auc": round(float(history["val_auc"].max()), 4),
         "final_val_auc": round(float(history["val_auc"].iloc[-1]), 4),
         "epochs": len(seconds),
@@ -56,7 +58,9 @@ def run_tfpipeline(data: Path, epochs: int, image_size: int, extra: list[str]) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=SHARED / "datasets" / "real_and_fake_face")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=224)
@@ -82,7 +86,9 @@ def main() -> None:
         result["reference"] = reference
         ours = result["tfpipeline"]
         result["ratios"] = {
-            "median_epoch_speedup": round(reference["median_epoch_seconds"] / ours["median_epoch_seconds"], 2),
+            "median_epoch_speedup": round(
+                reference["median_epoch_seconds"] / ours["median_epoch_seconds"], 2
+            ),
             "wall_speedup": round(reference["wall_seconds"] / ours["wall_seconds"], 2),
             "best_val_auc_difference": round(ours["best_val_auc"] - reference["best_val_auc"], 4),
         }

@@ -21,7 +21,15 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, as_train_layout, emit, quiet_tensorflow, run_reference, torch_available, warm_page_cache  # noqa: E402
+from common import (
+    SHARED,
+    as_train_layout,
+    emit,
+    quiet_tensorflow,
+    run_reference,
+    torch_available,
+    warm_page_cache,
+)  # noqa: E402
 
 
 def folder_split(folder: Path):
@@ -90,7 +98,9 @@ def measure_full_scale_decode(folder: Path, size: int, batch_size: int) -> float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=SHARED / "datasets" / "real_and_fake_face_fullres")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -114,7 +124,9 @@ def main() -> None:
     else:
         layout = as_train_layout(args.data)
         result["reference"] = {
-            f"workers{w}": run_reference("load", str(layout), "--workers", str(w), "--image-size", str(args.image_size))
+            f"workers{w}": run_reference(
+                "load", str(layout), "--workers", str(w), "--image-size", str(args.image_size)
+            )
             for w in (0, 2)
         }
         ours = result["tfpipeline"]

@@ -77,7 +77,14 @@ def run_variant(name: str, args) -> dict:
     code = (
         "import json, sys; sys.path.insert(0, %r); import train_step as t; "
         "print(json.dumps(t.measure_keras(%r, %d, %d, %d, %d)))"
-        % (str(Path(__file__).resolve().parent), VARIANTS[name], args.steps, args.batch_size, args.image_size, 3)
+        % (
+            str(Path(__file__).resolve().parent),
+            VARIANTS[name],
+            args.steps,
+            args.batch_size,
+            args.image_size,
+            3,
+        )
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if completed.returncode != 0:
@@ -86,7 +93,9 @@ def run_variant(name: str, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)

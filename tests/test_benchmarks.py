@@ -18,14 +18,20 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def run_benchmark(script: str, *args: str) -> dict:
     completed = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def test_input_pipeline_benchmark(class_folder):
-    result = run_benchmark("input_pipeline.py", "--data", str(class_folder), "--image-size", "32", "--no-reference")
+    result = run_benchmark(
+        "input_pipeline.py", "--data", str(class_folder), "--image-size", "32", "--no-reference"
+    )
     ours = result["tfpipeline"]
     assert ours["images"] == 24
     assert ours["first_epoch_images_per_sec"] > 0 and ours["cached_epoch_images_per_sec"] > 0

@@ -37,10 +37,18 @@ def one_file_split(path) -> Split:
     return Split(labels=np.array([0], np.int32), paths=(str(path),))
 
 
-def decode_one(path, **options) -> np.ndarray:
-    config = DataConfig(**{"image_size": (20, 20), **options})
+def decode_one(path, image_size=(20, 20), resize="stretch", color_mode="rgb") -> np.ndarray:
+    """One file through the pipeline's decode + resize, eagerly (no tf.data tracing: fast)."""
+    channels = 1 if color_mode == "grayscale" else 3
+    image = decode_image(tf.io.read_file(str(path)), channels, image_size)
+    return resize_image(image, image_size, resize, "bilinear").numpy()
+
+
+def test_decode_one_matches_the_dataset(tmp_path, add_bad_file):
+    path = add_bad_file(tmp_path, "cmyk")
+    config = DataConfig(image_size=(20, 20), color_mode="grayscale", resize="pad")
     [(image, _)] = list(decoded_images(one_file_split(path), config).as_numpy_iterator())
-    return image
+    np.testing.assert_array_equal(image, decode_one(path, resize="pad", color_mode="grayscale"))
 
 
 # --------------------------------------------------------------------------- shapes and ranges
@@ -206,10 +214,13 @@ def test_training_reshuffles_each_epoch_and_eval_keeps_order(image_folder):
     np.testing.assert_array_equal(batches(val)[0][0], expected)
 
 
-@pytest.mark.parametrize("cache", ["memory", "none", "file"])
+@pytest.mark.parametrize("cache", ["memory", "none", "file", "folder"])
 def test_cache_modes_give_identical_batches(image_folder, tmp_path, cache):
     if cache == "file":
-        cache = str(tmp_path / "cache" / "faces")
+        cache = str(tmp_path / "cache" / "faces")  # a prefix in a folder that does not exist yet
+    elif cache == "folder":
+        (tmp_path / "cache").mkdir()
+        cache = str(tmp_path / "cache")  # an existing folder: cache files go inside it
     split, config = train_split(image_folder)
     reference = batches(build_dataset(split, config, scaling="unit", training=False, num_classes=2))
     cached_config = replace(config, cache=cache)

@@ -238,6 +238,8 @@ def test_bad_payload_is_a_clear_error_and_the_model_keeps_working(binary_export,
         ):
             serve(image_bytes=tf.constant([good, good, bad]))
     assert serve(image_bytes=tf.constant([good]))["probabilities"].shape == (1, 2)
+    empty = serve(image_bytes=tf.constant([], tf.string))
+    assert empty["probabilities"].shape == (0, 2) and empty["class_name"].shape == (0,)
 
 
 def test_saved_model_cli_lists_signatures(binary_export):
@@ -328,7 +330,8 @@ def test_model_card_states_the_runs_metrics(binary_export, multi_export, binary_
     card = (binary_export.path / "README.md").read_text()
     metrics = json.loads((binary_run / "metrics.json").read_text())
     for split in ("val", "test"):
-        row = next(line for line in card.splitlines() if line.startswith(f"| {split} | "))
+        rows = [line for line in card.splitlines() if line.startswith(f"| {split} | ")]
+        row = rows[-1]  # the metrics table comes after the per-split counts table
         for key in ("accuracy", "precision", "recall", "f1"):
             assert f"{metrics[split][key]:.4f}" in row, (split, key)
     assert f"`{metrics['threshold']['value']:.4f}`" in card and "policy `tuned`" in card
@@ -415,6 +418,20 @@ def test_tflite_export_agrees_with_keras(binary_run, tmp_path):
     paths, pixels, expected = keras_reference(binary_run)
     exported = load_export(result.path)
     np.testing.assert_allclose(exported.predict_pixels(pixels), expected, atol=1e-4)
+
+
+def test_onnx_export_agrees_with_keras(binary_run, tmp_path, capsys):
+    pytest.importorskip("tf2onnx")
+    assert main(["export", str(binary_run), "--out", str(tmp_path), "--format", "onnx"]) == 0
+    assert "onnx: " in capsys.readouterr().out
+    folder = tmp_path / "small_cnn" / "1"
+    meta = json.loads((folder / "metadata.json").read_text())
+    converted = meta["onnx"]
+    assert (folder / "model.onnx").stat().st_size == converted["size_bytes"] > 10_000
+    assert converted["agreement_pct"] == 100.0 and converted["max_abs_prob_diff"] < 1e-4
+    assert converted["num_images"] == 12 and converted["opset"] == 17
+    paths, pixels, expected = keras_reference(binary_run)
+    np.testing.assert_allclose(load_export(folder).predict_pixels(pixels), expected, atol=1e-4)
 
 
 def test_load_export_for_predict(binary_export, binary_run, multi_export, multi_run, tmp_path):

@@ -51,6 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter silenced.
+
+    TensorFlow logs through absl before `TF_CPP_MIN_LOG_LEVEL` takes effect ("oneDNN custom
+    operations are on", CUDA probing on machines without GPUs), which buries the command's own
+    output. File descriptor 2 is pointed at /dev/null for the import and the device probe only;
+    Python exceptions raised meanwhile still propagate and are printed normally.
+    """
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tfpipeline` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -61,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args = build_parser().parse_args(argv)
+        if not debug and args.command is not None:
+            import_tensorflow_quietly()
         return int(args.func(args) or 0)
     except UserError as exc:
         if debug:

@@ -1,4 +1,4 @@
-"""`tfpipeline export`: a finished run -> a versioned SavedModel / .keras / TFLite folder."""
+"""`tfpipeline export`: a finished run -> a versioned SavedModel / .keras / TFLite / ONNX folder."""
 
 from __future__ import annotations
 
@@ -39,12 +39,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"  input: {h}x{w} {meta['input']['color_mode']}, scaling {meta['input']['scaling']}")
     if result.format == "saved_model":
         print("  signatures: serving_default (image_bytes), predict_images (float32), predict_images_uint8")
-    lite = meta.get("tflite")
-    if lite:
-        agreement = lite.get("agreement_pct")
-        shown = f"{agreement:.2f}%" if agreement is not None else "not measured"
-        print(f"  tflite: {lite['size_bytes']:,} bytes; top-class agreement with Keras {shown}", end="")
-        print(f" on {lite['num_images']} {lite['split']} images" if lite.get("split") else "")
+    for fmt in ("tflite", "onnx"):
+        converted = meta.get(fmt)
+        if converted:
+            agreement = converted.get("agreement_pct")
+            shown = f"{agreement:.2f}%" if agreement is not None else "not measured"
+            where = (
+                f" on {converted['num_images']} {converted['split']} images" if converted.get("split") else ""
+            )
+            print(
+                f"  {fmt}: {converted['size_bytes']:,} bytes; top-class agreement with Keras {shown}{where}"
+            )
     print(f"  model card: {result.path / 'README.md'}")
     return 0
 
@@ -53,7 +58,7 @@ def register(commands) -> None:
     """Add `export` to the top-level subparsers."""
     export = commands.add_parser(
         "export",
-        help="export a run's best checkpoint for serving (SavedModel, .keras or TFLite)",
+        help="export a run's best checkpoint for serving (SavedModel, .keras, TFLite or ONNX)",
         description="Write OUT/NAME/VERSION/ (TF Serving's layout) with the model, metadata.json and a "
         "model card README.md. The SavedModel's serving_default signature takes encoded image bytes and "
         "preprocesses them exactly as training did; predict_images takes float32 pixels.",
@@ -62,9 +67,9 @@ def register(commands) -> None:
     export.add_argument("--out", metavar="DIR", default="exports", help="parent folder (default: exports)")
     export.add_argument(
         "--format",
-        choices=("saved_model", "keras", "tflite"),
+        choices=("saved_model", "keras", "tflite", "onnx"),
         default="saved_model",
-        help="default saved_model (for TF Serving)",
+        help="default saved_model (for TF Serving); onnx needs `pip install tfpipeline[onnx]`",
     )
     export.add_argument(
         "--version", type=_version, metavar="N", help="version number (default: one after the highest)"

@@ -153,6 +153,9 @@ def load_data(
         raise UserError(f"{source.location}: need at least two classes, found {len(source.class_names)}")
     report = check_source(source, config) if check else None
     splits, skipped = _drop_bad(source, report, config)
+    if report is not None and report.warnings:
+        kinds = sorted({p.kind for p in report.warnings})
+        log.info("%d unusual file(s) (%s) are converted on load", len(report.warnings), ", ".join(kinds))
     class_names = source.class_names
     positive_class, positive_index = resolve_positive(class_names, config.positive_class)
     num_classes = len(class_names)

@@ -106,6 +106,8 @@ def channel_stats(split: Split, config: DataConfig) -> tuple[list[float], list[f
         total = values.sum(0) if total is None else total + values.sum(0)
         total_sq = (values**2).sum(0) if total_sq is None else total_sq + (values**2).sum(0)
         pixels += values.shape[0]
+    if not pixels:
+        return [], []
     mean = total / pixels
     std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 0.0))
     return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]

@@ -10,6 +10,7 @@ and after the cache so every epoch sees new random transforms.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import keras
@@ -63,6 +64,8 @@ def cache_path(split: Split, config: DataConfig, cache_name: str) -> str:
     if split.images is not None:
         digest.update(np.ascontiguousarray(split.images).tobytes())
     prefix = Path(config.cache).expanduser()
+    if prefix.is_dir() or config.cache.endswith(("/", os.sep)):  # a folder: cache files go inside
+        prefix = prefix / "tfdata"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     return f"{prefix}-{cache_name}-{digest.hexdigest()[:12]}"
 

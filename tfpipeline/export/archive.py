@@ -1,7 +1,8 @@
 """`tfpipeline export`: a run folder -> a versioned, self-describing model folder.
 
 Layout (TF Serving's): `OUT/<name>/<version>/` holding the SavedModel (`saved_model.pb`,
-`variables/`, `assets/metadata.json`) or `model.keras` / `model.tflite` plus `metadata.json`,
+`variables/`, `assets/metadata.json`) or `model.keras` / `model.tflite` / `model.onnx` plus
+`metadata.json`,
 and the model card `README.md`.
 
 Writes are atomic: everything goes to a hidden temporary folder beside the target
@@ -28,7 +29,7 @@ from tfpipeline.export.signatures import ServingSpec, write_saved_model
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("saved_model", "keras", "tflite")
+FORMATS = ("saved_model", "keras", "tflite", "onnx")
 MODEL_CARD = "README.md"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -93,6 +94,14 @@ def write_tflite(model: Any, spec: ServingSpec, folder: Path, config: Any) -> di
     return tflite_report(flatbuffer, model, spec, config)
 
 
+def write_onnx(model: Any, spec: ServingSpec, folder: Path, config: Any) -> dict[str, Any]:
+    from tfpipeline.export.onnx_export import convert_to_onnx, onnx_report
+
+    serialised = convert_to_onnx(model, spec)
+    (folder / "model.onnx").write_bytes(serialised)
+    return onnx_report(serialised, model, spec, config)
+
+
 def commit(temporary: Path, target: Path, force: bool) -> None:
     """Rename the finished `temporary` folder to `target` (replacing it when `force`)."""
     if not target.exists():
@@ -128,7 +137,7 @@ def export_run(
     Args:
         run: the run folder.
         out: parent of the `<name>/<version>` folders.
-        fmt: `saved_model` (default, for TF Serving), `keras` or `tflite`.
+        fmt: `saved_model` (default, for TF Serving), `keras`, `tflite` or `onnx` (needs tf2onnx).
         version: the version number; default one more than the highest existing version.
         name: the model name in the layout; default the run's model name.
         force: replace an existing version.
@@ -161,8 +170,11 @@ def export_run(
         elif fmt == "keras":
             write_keras(model, temporary, context.run.model_checkpoint())
             meta_path = temporary / METADATA_FILE
-        else:
+        elif fmt == "tflite":
             metadata["tflite"] = write_tflite(model, spec, temporary, context.config)
+            meta_path = temporary / METADATA_FILE
+        else:
+            metadata["onnx"] = write_onnx(model, spec, temporary, context.config)
             meta_path = temporary / METADATA_FILE
         write_metadata(meta_path, metadata)
         write_model_card(temporary, metadata)

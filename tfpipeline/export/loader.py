@@ -21,7 +21,12 @@ from tfpipeline.export.archive import existing_versions
 from tfpipeline.export.metadata import read_metadata
 from tfpipeline.export.signatures import BYTES_SIGNATURE, FLOAT_SIGNATURE, ServingSpec
 
-MODEL_FILES = {"saved_model": "saved_model.pb", "keras": "model.keras", "tflite": "model.tflite"}
+MODEL_FILES = {
+    "saved_model": "saved_model.pb",
+    "keras": "model.keras",
+    "tflite": "model.tflite",
+    "onnx": "model.onnx",
+}
 
 
 def resolve_export_dir(path: str | Path) -> Path:
@@ -127,6 +132,10 @@ class ExportedModel:
             from tfpipeline.export.tflite import tflite_probabilities
 
             return tflite_probabilities(self._model, pixels.numpy())
+        if self.format == "onnx":  # onnx's reference evaluator: correct but slow
+            from tfpipeline.export.onnx_export import onnx_probabilities
+
+            return onnx_probabilities(self._model, pixels.numpy())
         from tfpipeline.export.tflite import keras_probabilities
 
         return keras_probabilities(self._model, self.spec, pixels.numpy())
@@ -171,7 +180,7 @@ def load_export(path: str | Path) -> ExportedModel:
             import tensorflow as tf
 
             model = tf.saved_model.load(str(folder))
-        elif fmt == "tflite":
+        elif fmt in ("tflite", "onnx"):
             model = model_file.read_bytes()
         else:
             import keras

@@ -63,6 +63,13 @@ def _usage(meta: dict[str, Any]) -> list[str]:
             "custom layers are registered). A binary model outputs one sigmoid unit scoring the "
             "positive class.",
         ]
+    if fmt == "onnx":
+        return [
+            f"`model.onnx` (opset {meta['onnx']['opset']}) takes `images` float32 [N, {h}, {w}, {c}] "
+            "in 0..255, resized as described above; scaling is inside the model. Its one output is "
+            "`probabilities` [N, K] in class order. Run it with onnxruntime "
+            "(`InferenceSession('model.onnx').run(['probabilities'], {'images': x})`).",
+        ]
     if fmt == "tflite":
         return [
             f"`model.tflite` takes float32 pixels [1, {h}, {w}, {c}] in 0..255, resized as described "
@@ -183,14 +190,15 @@ def render_model_card(meta: dict[str, Any]) -> str:
         train = metrics["train"]
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in train.items() if k != "epoch")
         lines += [f"Training split at the best epoch ({train['epoch']}): {shown}.", ""]
-    if meta.get("tflite"):
-        lite = meta["tflite"]
-        lines += [
-            f"TFLite conversion: {lite['size_bytes']} bytes; agrees with the Keras model on the top "
-            f"class for {_fmt(lite['agreement_pct'])}% of {lite['num_images']} held-out "
-            f"({lite['split']}) images.",
-            "",
-        ]
+    for fmt, label in (("tflite", "TFLite"), ("onnx", "ONNX")):
+        if meta.get(fmt):
+            converted = meta[fmt]
+            lines += [
+                f"{label} conversion: {converted['size_bytes']} bytes; agrees with the Keras model on "
+                f"the top class for {_fmt(converted['agreement_pct'])}% of {converted['num_images']} "
+                f"held-out ({converted['split']}) images.",
+                "",
+            ]
     lines += ["## Decision threshold", ""]
     if binary:
         lines.append(

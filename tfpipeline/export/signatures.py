@@ -150,9 +150,15 @@ def class_outputs(raw: tf.Tensor, spec: ServingSpec) -> dict[str, tf.Tensor]:
 def make_functions(model: Any, spec: ServingSpec) -> dict[str, tuple[Any, list[tf.TensorSpec]]]:
     """Signature name -> (python function, input signature), ready for `add_endpoint`."""
 
+    units = 1 if spec.binary else len(spec.class_names)
+
     def from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        images = scale_pixels(pixels, spec.scaling)
-        return class_outputs(model(images, training=False), spec)
+        def run() -> tf.Tensor:
+            return tf.cast(model(scale_pixels(pixels, spec.scaling), training=False), tf.float32)
+
+        # An empty batch must give empty outputs; oneDNN's convolutions reject a batch of 0.
+        raw = tf.cond(tf.shape(pixels)[0] > 0, run, lambda: tf.zeros([0, units], tf.float32))
+        return class_outputs(raw, spec)
 
     def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return from_pixels(decode_batch(image_bytes, spec))

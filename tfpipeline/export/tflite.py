@@ -8,6 +8,7 @@ measured on the run's held-out images (val and test), preprocessed by the traini
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -101,23 +102,49 @@ def held_out_pixels(config: Any) -> tuple[np.ndarray, str]:
     return np.concatenate(batches), "+".join(names)
 
 
-def tflite_report(flatbuffer: bytes, model: Any, spec: ServingSpec, config: Any) -> dict[str, Any]:
-    """Size and top-class agreement of `flatbuffer` with `model` on the run's held-out images."""
-    report: dict[str, Any] = {"size_bytes": len(flatbuffer)}
+def agreement_report(
+    probabilities: Callable[[np.ndarray], np.ndarray],
+    model: Any,
+    spec: ServingSpec,
+    config: Any,
+    *,
+    what: str,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """Top-class agreement of a converted model with the Keras `model` on held-out images.
+
+    Args:
+        probabilities: float32 pixels [N, H, W, C] 0..255 -> (N, K) probabilities (converted model).
+        what: the converted format's name, for messages.
+        max_images: use at most this many held-out images (slow reference runtimes).
+
+    Returns:
+        `agreement_pct` (the class the export would report: thresholded for binary, argmax
+        otherwise), `num_images`, `split`, `max_abs_prob_diff`; agreement None with a `note`
+        when the run's data is not available any more.
+    """
     try:
         pixels, split = held_out_pixels(config)
     except UserError as exc:
-        log.warning("TFLite agreement not measured: %s", exc)
-        return {**report, "agreement_pct": None, "num_images": 0, "split": None, "note": str(exc)}
-    lite = tflite_probabilities(flatbuffer, pixels.astype(np.float32))
+        log.warning("%s agreement not measured: %s", what, exc)
+        return {"agreement_pct": None, "num_images": 0, "split": None, "note": str(exc)}
+    pixels = pixels[:max_images] if max_images else pixels
+    converted = np.asarray(probabilities(pixels.astype(np.float32)), dtype=np.float64)
     reference = keras_probabilities(model, spec, pixels)
-    if not np.all(np.isfinite(lite)):
-        raise RuntimeError("the TFLite model gives non-finite probabilities (a conversion bug)")
-    agree = decide(lite, spec) == decide(reference, spec)
+    if converted.shape != reference.shape or not np.all(np.isfinite(converted)):
+        raise RuntimeError(f"the {what} model gives malformed or non-finite probabilities (a conversion bug)")
+    agree = decide(converted, spec) == decide(reference, spec)
     return {
-        **report,
         "agreement_pct": round(100.0 * float(np.mean(agree)), 2),
         "num_images": int(len(pixels)),
         "split": split,
-        "max_abs_prob_diff": float(np.max(np.abs(lite - reference))),
+        "max_abs_prob_diff": float(np.max(np.abs(converted - reference))),
     }
+
+
+def tflite_report(flatbuffer: bytes, model: Any, spec: ServingSpec, config: Any) -> dict[str, Any]:
+    """Size and top-class agreement of `flatbuffer` with `model` on the run's held-out images."""
+    agreement = agreement_report(
+        lambda pixels: tflite_probabilities(flatbuffer, pixels), model, spec, config, what="TFLite"
+    )
+    return {"size_bytes": len(flatbuffer), **agreement}

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from tfpipeline.config import RunConfig, to_dict
 from tfpipeline.errors import UserError
@@ -51,7 +52,7 @@ class Exports:
 def trials_table(oracle, space: dict, objective) -> pd.DataFrame:
     """One row per trial of the oracle, in trial-id order."""
     rows = []
-    for trial_id in sorted(oracle.trials):
+    for trial_id in sorted(oracle.trials, key=_id_order):
         trial = oracle.trials[trial_id]
         values = trial.hyperparameters.values
         row: dict[str, Any] = {"trial_id": trial_id, "status": trial.status}
@@ -69,6 +70,10 @@ def trials_table(oracle, space: dict, objective) -> pd.DataFrame:
         tail = [c for c in [*TAIL_COLUMNS, "error"] if c in table]
         table = table[[c for c in table.columns if c not in tail] + tail]
     return table
+
+
+def _id_order(trial_id: str) -> tuple:
+    return (0, int(trial_id), "") if trial_id.isdigit() else (1, 0, trial_id)
 
 
 def export(project: Path, oracle, hypermodel, objective, tuner: str) -> Exports:
@@ -126,6 +131,7 @@ def plot_objective(completed: pd.DataFrame, order: list[str], objective) -> Figu
     for xi, yi, trial_id in zip(x, values, ids, strict=True):
         if len(ids) <= 30:
             ax.annotate(trial_id, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial (in finishing order)")
     ax.set_ylabel(objective.name)
     ax.set_title(f"{objective.name} per trial ({objective.direction})")

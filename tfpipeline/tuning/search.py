@@ -1,53 +1,37 @@
-"""Run a hyperparameter search: tuner construction, resume, time budget, flat memory.
+"""Run a hyperparameter search: settings, project folder, resume checks, export.
 
 Project layout (`<directory>/<project>/`): `search.json` (what was searched: model, tuner,
 objective, space, base config; a resumed search must match it), `keras_tuner/` (KerasTuner's
-own state: oracle.json, trial_*/trial.json, Hyperband weights; large, not for git) and the
-exports written by :mod:`tfpipeline.tuning.results`.
-
-Resume (KerasTuner 1.4.8 behaviour, checked in the tests): re-running reloads the oracle; finished
-trials are not redone; a trial that was RUNNING when the process died is in `ongoing_trials` and
-is re-queued with the same values. Fixed here: a RUNNING trial missing from `ongoing_trials`
-(killed between KerasTuner's two state writes) is re-queued too, a re-queued trial's partial
-metrics are cleared so the re-run starts clean, and GridSearch's position in the grid
-(`_ordered_ids`, `_populate_next`, not saved by KerasTuner, keras-tuner#1055) is saved.
+own state: oracle.json, trial_*/trial.json, Hyperband weights; not for git) and the exports
+written by :mod:`tfpipeline.tuning.results`. Resume and time budget: :mod:`.oracles`; the
+per-trial work (fresh Keras session, build, fit, drop the model): :mod:`.tuner`; data loaded
+once per search: :mod:`.hypermodel`.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import keras_tuner
-from keras_tuner.src.distribute import utils as dist_utils
-from keras_tuner.src.engine import metrics_tracking, tuner_utils
-from keras_tuner.src.engine import trial as trial_module
-from keras_tuner.src.engine.tuner import maybe_distribute
-from keras_tuner.src.tuners.gridsearch import LinkedList
 
 import tfpipeline
 from tfpipeline.config import RunConfig, to_dict
 from tfpipeline.errors import UserError
-from tfpipeline.training.fit import seed_everything
 from tfpipeline.training.metrics import monitor_metric
 from tfpipeline.tuning import distributed, results
 from tfpipeline.tuning import space as space_module
 from tfpipeline.tuning.hypermodel import PipelineHyperModel, TrialData
+from tfpipeline.tuning.oracles import TUNERS, make_oracle, objective_direction
+from tfpipeline.tuning.tuner import PipelineTuner, TrialEvent, fresh_session
 
-TUNERS = ("random", "bayesian", "hyperband", "grid")
+__all__ = ["SearchResult", "SearchSettings", "TrialEvent", "run_search", "fresh_session"]
 STATE_DIR = "keras_tuner"
-RUNNING, COMPLETED, STOPPED = (
-    trial_module.TrialStatus.RUNNING,
-    trial_module.TrialStatus.COMPLETED,
-    trial_module.TrialStatus.STOPPED,
-)
 
 
 @dataclass(frozen=True)
@@ -69,18 +53,6 @@ class SearchSettings:
 
 
 @dataclass
-class TrialEvent:
-    """Passed to hooks: `begin`, `epoch` (with logs) and `end` (with status and metrics)."""
-
-    kind: str
-    trial_id: str
-    values: dict[str, Any]
-    epoch: int | None = None
-    status: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
 class SearchResult:
     project: Path
     role: str | None
@@ -91,209 +63,21 @@ class SearchResult:
     exports: results.Exports | None
 
 
-def objective_direction(name: str) -> str:
-    return "min" if "loss" in name or "error" in name else "max"
-
-
 def project_path(settings: SearchSettings, model: str) -> Path:
     return Path(settings.directory) / (settings.project_name or f"{model}_{settings.tuner}")
 
 
-# --------------------------------------------------------------------------- oracles
-
-
-class _SearchOracle:
-    """Mixin for KerasTuner oracles: time budget and clean resume of interrupted trials."""
-
-    deadline: float | None = None
-    budget_exhausted = False
-
-    @keras_tuner.synchronized
-    def create_trial(self, tuner_id):
-        if (
-            self.deadline is not None
-            and time.monotonic() >= self.deadline
-            and tuner_id not in self.ongoing_trials
-        ):
-            self.budget_exhausted = True
-            self.tuner_ids.discard(tuner_id)
-            return trial_module.Trial(self.get_space(), status=STOPPED)
-        return super().create_trial(tuner_id)
-
-    def reload(self):
-        super().reload()
-        queued = set(self._retry_queue)
-        for trial_id, trial in sorted(self.trials.items()):
-            if trial.status == RUNNING and trial_id not in queued:
-                self._retry_queue.append(trial_id)
-        for trial_id in self._retry_queue:  # start the re-run from scratch
-            trial = self.trials[trial_id]
-            trial.metrics, trial.score, trial.best_step = metrics_tracking.MetricsTracker(), None, 0
-        self.recovered = sorted(self._retry_queue)
-
-
-class _GridState:
-    """Saves GridSearchOracle's place in the grid, which KerasTuner 1.4.8 loses on reload."""
-
-    def get_state(self):
-        state = super().get_state()
-        order, index = [], self._ordered_ids._next_index[None]
-        while index is not None:
-            order.append(self._ordered_ids._memory[index])
-            index = self._ordered_ids._next_index[index]
-        state["grid_order"], state["grid_populate_next"] = order, list(self._populate_next)
-        return state
-
-    def set_state(self, state):
-        super().set_state(state)
-        self._ordered_ids = LinkedList()
-        for trial_id in state.get("grid_order", []):
-            self._ordered_ids.insert(trial_id)
-        self._populate_next = list(state.get("grid_populate_next", []))
-
-
-def make_oracle(settings: SearchSettings, objective: keras_tuner.Objective, seed: int, epochs: int):
-    oracles = keras_tuner.oracles
-    common = {"objective": objective, "seed": seed, "max_consecutive_failed_trials": 3}
-    trials = settings.max_trials
-    if settings.tuner == "random":
-        cls, kwargs = oracles.RandomSearchOracle, {"max_trials": trials or 10}
-    elif settings.tuner == "bayesian":
-        cls, kwargs = oracles.BayesianOptimizationOracle, {"max_trials": trials or 10}
-        kwargs["num_initial_points"] = max(2, (trials or 10) // 3)
-    elif settings.tuner == "grid":
-        cls, kwargs = oracles.GridSearchOracle, {"max_trials": trials}
-    elif settings.tuner == "hyperband":
-        cls, kwargs = (
-            oracles.HyperbandOracle,
-            {"max_epochs": settings.max_epochs or epochs, "factor": settings.factor},
-        )
-    else:
-        raise UserError(f"--tuner must be one of {', '.join(TUNERS)}; got '{settings.tuner}'")
-    bases = (_SearchOracle, _GridState, cls) if settings.tuner == "grid" else (_SearchOracle, cls)
-    oracle = type(f"Pipeline{cls.__name__}", bases, {})(**common, **kwargs)
-    if settings.tuner == "hyperband" and trials:
-        oracle.max_trials = trials  # an extra cap on Hyperband's own schedule
-    return oracle
-
-
-# --------------------------------------------------------------------------- tuner
-
-
-def fresh_session() -> None:
-    keras.backend.clear_session()
-    gc.collect()
-
-
-class PipelineTuner(keras_tuner.Tuner):
-    """A Tuner for any oracle: trains trials through tfpipeline's build/fit, one at a time.
-
-    Per trial: clear the Keras session, seed, build (under the distribution strategy), fit,
-    drop the model. Only Hyperband keeps per-trial weights (its later rounds continue them).
-    """
-
-    def __init__(self, oracle, hypermodel: PipelineHyperModel, *, hooks=(), log=print, dist=None, **kwargs):
-        self.hooks: Sequence[Callable[[TrialEvent], None]] = hooks
-        self.log = log
-        self.dist = dist or distributed.DistributedSettings()
-        self.trials_run = 0
-        self.serve_report = None
-        self._metrics: dict[str, float] = {}
-        super().__init__(oracle, hypermodel, **kwargs)
-
-    def _populate_initial_space(self):
-        # Declare the space without building a model (KerasTuner would build one here).
-        hp = self.oracle.get_space()
-        self.hypermodel.declare_hyperparameters(hp)
-        self.oracle.update_space(hp)
-
-    def _emit(self, event: TrialEvent) -> None:
-        for hook in self.hooks:
-            hook(event)
-
-    def run_trial(self, trial, *args, **kwargs):
-        hp = trial.hyperparameters
-        values = dict(hp.values)
-        objective = self.oracle.objective
-        self._metrics = {}
-        self._emit(TrialEvent("begin", trial.trial_id, values))
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if not k.startswith("tuner/"))
-        epochs = (
-            f" epochs {values['tuner/initial_epoch']}->{values['tuner/epochs']}"
-            if "tuner/epochs" in values
-            else ""
-        )
-        self.log(f"trial {trial.trial_id}{epochs}: {shown}")
-        fresh_session()
-        config = self.hypermodel.config(values)
-        seed_everything(config.data.seed, config.train.deterministic)
-        model = None
-        try:
-            with maybe_distribute(self.distribution_strategy):
-                model = self.hypermodel.build(hp)
-                if values.get("tuner/trial_id"):
-                    model.load_weights(self._get_checkpoint_fname(values["tuner/trial_id"]))
-            callbacks = []
-            if "tuner/epochs" in values:  # Hyperband continues these weights in later rounds
-                path = self._get_checkpoint_fname(trial.trial_id)
-                callbacks.append(tuner_utils.SaveBestEpoch(objective=objective, filepath=path))
-
-            def on_epoch(epoch: int, logs: dict) -> None:
-                self._emit(TrialEvent("epoch", trial.trial_id, values, epoch=epoch, metrics=logs))
-
-            self._metrics = self.hypermodel.fit(
-                hp, model, objective=objective, callbacks=callbacks, on_epoch=on_epoch
-            )
-        finally:
-            del model
-            fresh_session()
-        self.trials_run += 1
-        return self._metrics
-
-    def on_trial_end(self, trial):
-        super().on_trial_end(trial)
-        metrics = self._metrics
-        name = self.oracle.objective.name
-        if trial.status == COMPLETED and name in metrics:
-            self.log(
-                f"trial {trial.trial_id} done: {name}={metrics[name]:.4f} in {metrics.get('seconds', 0):.1f}s"
-            )
-        else:
-            reason = (trial.message or "").strip().splitlines()[-1:] or ["?"]
-            self.log(f"trial {trial.trial_id} {trial.status}: {reason[0]}")
-        self._emit(
-            TrialEvent(
-                "end",
-                trial.trial_id,
-                dict(trial.hyperparameters.values),
-                status=trial.status,
-                metrics=dict(metrics),
-            )
-        )
-
-    def search(self, *args, **kwargs):
-        if dist_utils.is_chief_oracle():
-            self.save()
-            self.serve_report = distributed.serve(self.oracle, self.dist)
-            return
-        if self._is_worker():
-            import grpc
-
-            try:
-                return super().search(*args, **kwargs)
-            except grpc.RpcError as exc:
-                raise UserError(
-                    f"lost the chief at {distributed.chief_address()} ({exc.code().name}); "
-                    "the search may be over, or the chief stopped"
-                ) from None
-        return super().search(*args, **kwargs)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-# --------------------------------------------------------------------------- search
+def _differences(old: dict, new: dict, key: str) -> str:
+    """`key`, or for the base config the dotted fields that differ, with old -> new values."""
+    if key != "base_config" or not isinstance(old.get(key), dict):
+        return key
+    diffs = []
+    for section, fields in new[key].items():
+        for name, value in fields.items():
+            before = old[key].get(section, {}).get(name)
+            if before != value:
+                diffs.append(f"{section}.{name} {before!r} -> {value!r}")
+    return "base config (" + "; ".join(diffs) + ")"
 
 
 def _check_project(project: Path, record: dict[str, Any]) -> None:
@@ -306,6 +90,7 @@ def _check_project(project: Path, record: dict[str, Any]) -> None:
             k for k in set(old) | set(record) if k not in ignored and old.get(k) != record.get(k)
         )
         if changed:
+            changed = [_differences(old, record, k) for k in changed]
             raise UserError(
                 f"{project} holds a search with a different {', '.join(changed)}; pass --overwrite to "
                 "start over, or another --project-name"
@@ -366,7 +151,14 @@ def run_search(
     hypermodel = PipelineHyperModel(base, space, data)
     if role != "chief":
         _preflight(hypermodel)
-    oracle = make_oracle(settings, objective, base.data.seed, base.train.epochs)
+    oracle = make_oracle(
+        settings.tuner,
+        objective,
+        seed=base.data.seed,
+        max_trials=settings.max_trials,
+        max_epochs=settings.max_epochs or base.train.epochs,
+        factor=settings.factor,
+    )
     tuner = PipelineTuner(
         oracle,
         hypermodel,
@@ -413,7 +205,7 @@ def _preflight(hypermodel: PipelineHyperModel) -> None:
 
 def _announce(tuner: PipelineTuner, space: dict, settings: SearchSettings, log) -> None:
     oracle = tuner.oracle
-    done = sum(1 for t in oracle.trials.values() if t.status != RUNNING)
+    done = sum(1 for t in oracle.trials.values() if t.status != "RUNNING")
     if oracle.trials:
         recovered = getattr(oracle, "recovered", [])
         again = f"; interrupted trial(s) {', '.join(recovered)} will re-run" if recovered else ""

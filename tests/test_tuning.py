@@ -1,0 +1,456 @@
+"""`tfpipeline tune`: search spaces, end-to-end search and exports, resume, grid, time budget,
+MirroredStrategy trials, and chief/worker search on loopback.
+
+Searches here are tiny (16 px images, models 4-8 filters wide, 1 epoch, 1-3 trials) so the
+non-slow part of this file stays around a minute and a half on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tfpipeline.config import DataConfig, ModelConfig, RunConfig, TrainConfig, from_dict
+from tfpipeline.errors import UserError
+from tfpipeline.models import MODELS
+from tfpipeline.tuning import distributed
+from tfpipeline.tuning import space as space_module
+from tfpipeline.tuning.hparams import apply_values
+
+# Small, fast widths; `tune_only` keeps everything else at the base config's values.
+TINY_SPACE = {
+    "tune_only": True,
+    "filters_1": [4, 8],
+    "lr": {"min": 1e-3, "max": 3e-2, "sampling": "log"},
+    "batch_size": [4, 8],
+    "flip": [False, True],
+}
+CLI_TINY = ["--image-size", "16", "--padding", "same", "--filters", "4,8,8,8", "--dense-units", "8,8,8"]
+CLI_TINY += ["--epochs", "1", "--optimizer", "adam", "--batch-size", "8"]
+
+
+def tiny_base(data: Path, tmp_path: Path, **train) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(data=str(data), image_size=(16, 16), batch_size=8),
+        model=ModelConfig(padding="same", filters=(4, 8, 8, 8), dense_units=(8, 8, 8)),
+        train=TrainConfig(**{"epochs": 1, "optimizer": "adam", "run_dir": str(tmp_path / "runs"), **train}),
+    )
+
+
+def write_space(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def quiet_settings(tmp_path: Path, **kwargs):
+    from tfpipeline.tuning import SearchSettings
+
+    return SearchSettings(**{"directory": str(tmp_path / "tuner_results"), "verbose": False, **kwargs})
+
+
+# --------------------------------------------------------------------------- spaces (no training)
+
+
+def test_every_registered_model_has_a_search_space_that_builds_configs(tmp_path):
+    base = RunConfig()
+    for name in MODELS:
+        config = RunConfig(model=ModelConfig(name=name))
+        space = space_module.load_space(name, None, config)
+        assert {"lr", "optimizer", "batch_size", "flip"} <= set(space)
+        first = {n: (p.values[0] if p.kind == "choice" else p.low) for n, p in space.items()}
+        tuned = apply_values(config, first)
+        assert type(tuned) is type(base) and tuned.model.name == name
+        assert tuned.train.lr == space["lr"].low
+
+
+def test_apply_values_changes_only_the_tuned_fields(tmp_path):
+    base = tiny_base(tmp_path, tmp_path)
+    values = {"filters_1": 16, "dense_2": 32, "lr": 0.01, "flip": True, "batch_size": 16, "tuner/epochs": 3}
+    config = apply_values(base, values)
+    assert config.model.filters == (16, 8, 8, 8) and config.model.dense_units == (8, 32, 8)
+    assert config.train.lr == 0.01 and config.data.augment.flip and config.data.batch_size == 16
+    assert config.data.image_size == base.data.image_size and config.train.optimizer == base.train.optimizer
+
+
+def test_space_file_narrows_and_overrides(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("lr: {min: 1e-4, max: 1e-2, sampling: log}\noptimizer: [sgd, adam]\nbatchnorm: [true]\n")
+    space = space_module.load_space("small_cnn", path, RunConfig())
+    assert (space["lr"].low, space["lr"].high, space["lr"].sampling) == (1e-4, 1e-2, "log")
+    assert space["optimizer"].values == ("sgd", "adam") and space["batchnorm"].values == (True,)
+    assert "filters_1" in space  # the rest of the declared space stays
+    assert space["dropout_rate"].when == ("dropout", (True,))  # declared condition kept
+    only = space_module.load_space("small_cnn", {"tune_only": True, "lr": [0.001, 0.01]}, RunConfig())
+    assert list(only) == ["lr"] and only["lr"].values == (0.001, 0.01)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"lr": [0.01], "bogus": [1], "filterz_1": [8]}, "unknown hyperparameter(s) bogus, filterz_1"),
+        ({"rotation": [0.0, 1.5]}, "rotation=1.5 is not allowed"),
+        ({"lr": {"min": 0.1}}, "needs both min and max"),
+        ({"optimizer": {"min": 1, "max": 2}}, "numeric field"),
+        ({"batch_size": [16, "big"]}, "expected int"),
+    ],
+)
+def test_space_file_errors_name_the_problem(override, message):
+    with pytest.raises(UserError) as excinfo:
+        space_module.load_space("small_cnn", override, RunConfig())
+    assert message in str(excinfo.value)
+
+
+def test_grid_needs_discrete_values():
+    with pytest.raises(UserError, match="lr is continuous"):
+        space_module.check_grid(space_module.load_space("small_cnn", {"dropout_rate": [0.2]}, RunConfig()))
+    narrowed = space_module.load_space("small_cnn", {"tune_only": True, "lr": [0.001, 0.01]}, RunConfig())
+    space_module.check_grid(narrowed)
+    assert space_module.grid_size(narrowed) == 2
+
+
+# --------------------------------------------------------------------------- oracle state (no training)
+
+
+def _toy_oracle(tuner: str, project: Path, max_trials: int | None = 3):
+    import keras_tuner
+
+    from tfpipeline.tuning.oracles import make_oracle
+
+    oracle = make_oracle(tuner, keras_tuner.Objective("val_auc", "max"), seed=1, max_trials=max_trials)
+    oracle._set_project_dir(str(project), "state")
+    hp = oracle.get_space()
+    hp.Choice("a", [1, 2, 3])
+    oracle.update_space(hp)
+    return oracle
+
+
+def _finish(oracle, trial, value: float) -> None:
+    oracle.update_trial(trial.trial_id, {"val_auc": value})
+    trial.status = "COMPLETED"
+    oracle.end_trial(trial)
+
+
+def test_reload_requeues_an_orphaned_running_trial_with_clean_metrics(tmp_path):
+    oracle = _toy_oracle("random", tmp_path)
+    _finish(oracle, oracle.create_trial("tuner0"), 0.5)
+    running = oracle.create_trial("tuner0")
+    oracle.update_trial(running.trial_id, {"val_auc": 0.9})  # partial result, then the crash
+    # The crash came between KerasTuner's trial.json and oracle.json writes: not "ongoing".
+    state_file = tmp_path / "state" / "oracle.json"
+    state = json.loads(state_file.read_text())
+    state["ongoing_trials"] = {}
+    state_file.write_text(json.dumps(state))
+
+    resumed = _toy_oracle("random", tmp_path)
+    resumed.reload()
+    assert resumed.recovered == [running.trial_id]
+    again = resumed.create_trial("tuner0")
+    assert (
+        again.trial_id == running.trial_id and again.hyperparameters.values == running.hyperparameters.values
+    )
+    assert not again.metrics.exists("val_auc")
+    _finish(resumed, again, 0.7)
+    assert resumed.trials[running.trial_id].score == 0.7
+
+
+def test_grid_position_survives_reload(tmp_path):
+    oracle = _toy_oracle("grid", tmp_path, max_trials=None)
+    _finish(oracle, oracle.create_trial("tuner0"), 0.5)
+    seen = [1]
+    resumed = _toy_oracle("grid", tmp_path, max_trials=None)
+    resumed.reload()  # KerasTuner 1.4.8 alone raises KeyError in the next create_trial
+    while True:
+        trial = resumed.create_trial("tuner0")
+        if trial.status == "STOPPED":
+            break
+        seen.append(trial.hyperparameters.values["a"])
+        _finish(resumed, trial, 0.6)
+    assert seen == [1, 2, 3]
+
+
+def test_time_budget_makes_the_oracle_stop(tmp_path):
+    oracle = _toy_oracle("random", tmp_path, max_trials=10)
+    oracle.deadline = time.monotonic() - 1
+    assert oracle.create_trial("tuner0").status == "STOPPED" and oracle.budget_exhausted
+    assert not oracle.trials
+
+
+# --------------------------------------------------------------------------- searches
+
+
+@pytest.fixture
+def cli_search(image_folder, tmp_path, capsys):
+    """`tfpipeline tune ... --train-best` on the tiny space (2 trials), via the CLI."""
+    from tfpipeline.cli import main
+
+    space = write_space(tmp_path / "space.yaml", TINY_SPACE)
+    results = tmp_path / "tuner_results"
+    args = ["tune", "--data", str(image_folder), *CLI_TINY, "--max-trials", "2", "--space", str(space)]
+    args += ["--directory", str(results), "--project-name", "e2e", "--run-dir", str(tmp_path / "runs")]
+    assert main([*args, "--train-best"]) == 0
+    return results / "e2e", capsys.readouterr().out, tmp_path / "runs"
+
+
+def test_cli_search_exports_results_and_trains_the_best(cli_search, capsys):
+    project, out, runs = cli_search
+    trials = pd.read_csv(project / "trials.csv")
+    assert list(trials["trial_id"]) == [0, 1] and set(trials["status"]) == {"COMPLETED"}
+    for column in (
+        "objective",
+        "filters_1",
+        "lr",
+        "batch_size",
+        "flip",
+        "val_auc",
+        "val_loss",
+        "val_accuracy",
+    ):
+        assert column in trials, column
+    assert {"best_epoch", "epochs_run", "seconds"} <= set(trials) and (trials["epochs_run"] == 1).all()
+    assert (trials["objective"] == trials["val_auc"]).all()
+    for name in ("best.yaml", "objective.png", "hparams.png", "summary.txt", "search.json"):
+        assert (project / name).stat().st_size > 0, name
+    assert list((project / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "val_auc" in out and "best:" in out
+
+    # --train-best went through `train`: a normal run folder with the report.
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    assert (run / "metrics.json").is_file() and (run / "checkpoints" / "best.keras").is_file()
+
+    from tfpipeline.cli import main
+
+    assert main(["tune", "--summary", "--directory", str(project.parent), "--project-name", "e2e"]) == 0
+    summary = capsys.readouterr().out
+    assert "objective val_auc max" in summary and "trials: 2 (2 completed)" in summary
+
+
+def test_best_yaml_round_trips_into_train_config(cli_search):
+    from tfpipeline.cli import build_parser
+    from tfpipeline.flags import resolve_run_config
+
+    project, _, _ = cli_search
+    best = project / "best.yaml"
+    args = build_parser().parse_args(["train", "--config", str(best)])
+    resolved = resolve_run_config(args)
+    assert resolved == from_dict(RunConfig, yaml.safe_load(best.read_text()))
+    trials = pd.read_csv(project / "trials.csv")
+    row = trials.sort_values("objective", ascending=False).iloc[0]
+    assert resolved.model.filters[0] == row["filters_1"] and resolved.data.batch_size == row["batch_size"]
+    assert resolved.train.lr == pytest.approx(row["lr"]) and resolved.data.augment.flip == row["flip"]
+    assert resolved.model.filters[1:] == (8, 8, 8) and resolved.data.image_size == (16, 16)
+
+
+class Interrupt:
+    """Hook: KeyboardInterrupt at the end of trial `trial_id`'s first epoch (mid-trial)."""
+
+    def __init__(self, trial_id: str):
+        self.trial_id = trial_id
+
+    def __call__(self, event):
+        if event.kind == "epoch" and event.trial_id == self.trial_id:
+            raise KeyboardInterrupt
+
+
+def test_resume_skips_finished_trials_and_reruns_the_interrupted_one(image_folder, tmp_path):
+    from tfpipeline.tuning import run_search
+
+    base = tiny_base(image_folder, tmp_path, epochs=2)
+    started: list[str] = []
+
+    def count(event):
+        if event.kind == "begin":
+            started.append(event.trial_id)
+
+    settings = quiet_settings(tmp_path, project_name="resume", max_trials=2, space=TINY_SPACE)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(base, settings, hooks=[count, Interrupt("1")])
+    assert started == ["0", "1"]
+
+    started.clear()
+    more = quiet_settings(tmp_path, project_name="resume", max_trials=3, space=TINY_SPACE)
+    result = run_search(base, more, hooks=[count])
+    assert started == ["1", "2"]  # trial 0 is not redone; 1 re-runs from scratch; 2 is new
+    trials = result.exports.trials
+    assert list(trials["trial_id"]) == ["0", "1", "2"] and set(trials["status"]) == {"COMPLETED"}
+    assert (trials["epochs_run"] == 2).all()
+
+    started.clear()
+    assert run_search(base, more, hooks=[count]).trials_run == 0 and started == []
+    with pytest.raises(UserError, match=r"base config \(train.epochs 2 -> 1\)"):
+        run_search(tiny_base(image_folder, tmp_path), more)
+
+
+def test_grid_over_a_two_by_one_space_runs_two_trials(image_folder, tmp_path):
+    from tfpipeline.tuning import run_search
+
+    started: list[str] = []
+    space = {"tune_only": True, "filters_1": [4, 8], "optimizer": ["adam"]}
+    settings = quiet_settings(tmp_path, tuner="grid", project_name="grid", space=space)
+    result = run_search(tiny_base(image_folder, tmp_path), settings, hooks=[lambda e: started.append(e.kind)])
+    assert started.count("begin") == 2 and result.trials_run == 2
+    assert sorted(result.exports.trials["filters_1"]) == [4, 8]
+
+
+def test_time_budget_stops_scheduling_and_still_exports(image_folder, tmp_path):
+    from tfpipeline.tuning import run_search
+
+    def slow_first_trial(event):
+        if event.kind == "begin":
+            time.sleep(1.5)  # the 0.02-minute budget runs out during trial 0
+
+    settings = quiet_settings(
+        tmp_path, project_name="budget", max_trials=10, time_budget=0.02, space=TINY_SPACE
+    )
+    result = run_search(tiny_base(image_folder, tmp_path), settings, hooks=[slow_first_trial])
+    assert result.trials_run == 1 and result.stopped_by_budget
+    assert len(result.exports.trials) == 1 and result.exports.best_yaml.is_file()
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in (distributed.ENV_ID, distributed.ENV_IP, distributed.ENV_PORT):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_role_flags_set_kerastuner_variables(clean_env):
+    settings = distributed.DistributedSettings
+    assert distributed.configure(settings()) is None
+    assert distributed.configure(settings(role="worker", oracle="127.0.0.1:8123", worker_id="w1")) == "worker"
+    assert (os.environ["KERASTUNER_TUNER_ID"], os.environ["KERASTUNER_ORACLE_IP"]) == ("w1", "127.0.0.1")
+    assert os.environ["KERASTUNER_ORACLE_PORT"] == "8123"
+    assert distributed.configure(settings(role="chief", oracle="0.0.0.0:9000")) == "chief"
+    assert os.environ["KERASTUNER_TUNER_ID"] == "chief"
+    # Variables set by hand are honoured without --role.
+    clean_env.setenv("KERASTUNER_TUNER_ID", "tuner7")
+    assert distributed.configure(settings()) == "worker"
+    for bad, message in [
+        (settings(role="worker"), "needs --oracle"),
+        (settings(role="worker", oracle="h:1", worker_id="chief-2"), "must not contain 'chief'"),
+        (settings(role="chief", oracle="nohost"), "HOST:PORT"),
+        (settings(oracle="h:1"), "need --role"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            distributed.configure(bad)
+    clean_env.delenv("KERASTUNER_ORACLE_PORT")
+    with pytest.raises(UserError, match="KERASTUNER_ORACLE_PORT"):
+        distributed.current_role()
+
+
+def test_tune_flags_leave_the_run_config_to_train_flags(clean_env):
+    from tfpipeline.cli import build_parser
+    from tfpipeline.cli.tune_commands import _base_args
+    from tfpipeline.flags import resolve_run_config
+
+    argv = ["tune", "--tuner", "hyperband", "--max-epochs", "4", "--role", "worker", "--oracle", "h:1"]
+    args = build_parser().parse_args([*argv, "--worker-id", "w", "--lr", "0.01", "--model", "keras_cnn"])
+    config = resolve_run_config(_base_args(args))
+    assert config.train.lr == 0.01 and config.model.name == "keras_cnn" and args.max_epochs == 4
+
+
+def test_worker_fails_fast_without_a_chief(clean_env):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    distributed.configure(distributed.DistributedSettings(role="worker", oracle=f"127.0.0.1:{port}"))
+    start = time.monotonic()
+    with pytest.raises(UserError, match="no chief answering"):
+        distributed.wait_for_chief(1.0)
+    assert time.monotonic() - start < 10
+
+
+def _env(tmp_path: Path, name: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
+    env.update(
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        TFPIPELINE_CACHE_DIR=str(tmp_path / f"cache-{name}"),
+    )
+    return env
+
+
+MIRRORED = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tfpipeline.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from tfpipeline.tuning import SearchSettings, run_search
+base = RunConfig(
+    data=DataConfig(data=sys.argv[1], image_size=(16, 16), batch_size=8),
+    model=ModelConfig(padding="same", filters=(4, 8, 8, 8), dense_units=(8, 8, 8)),
+    train=TrainConfig(epochs=1, optimizer="adam"),
+)
+settings = SearchSettings(max_trials=1, directory=sys.argv[2], space={"tune_only": True, "filters_1": [4]},
+                          devices=("/cpu:0", "/cpu:1"))
+result = run_search(base, settings)
+print(json.dumps({"status": list(result.exports.trials["status"])}))
+"""
+
+
+def test_trials_train_under_mirrored_strategy_on_two_logical_cpus(image_folder, tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED)
+    done = subprocess.run(
+        [sys.executable, str(script), str(image_folder), str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=300, env=_env(tmp_path, "m"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on 2 replicas (MirroredStrategy)" in done.stdout
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"status": ["COMPLETED"]}
+
+
+@pytest.mark.slow
+def test_distributed_search_on_loopback_chief_and_two_workers(image_folder, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    space = write_space(tmp_path / "space.yaml", TINY_SPACE)
+    command = [sys.executable, "-m", "tfpipeline.cli", "tune", "--data", str(image_folder), *CLI_TINY]
+    command += ["--max-trials", "4", "--space", str(space), "--directory", str(tmp_path / "results")]
+    command += ["--project-name", "dist", "--oracle", f"127.0.0.1:{port}"]
+    roles = {
+        "chief": ["--role", "chief", "--num-workers", "2", "--chief-timeout", "4"],
+        "w1": ["--role", "worker", "--worker-id", "w1", "--rpc-timeout", "120"],
+        "w2": ["--role", "worker", "--worker-id", "w2", "--rpc-timeout", "120"],
+    }
+    procs = {}
+    for name, extra in roles.items():
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed below)
+        procs[name] = (subprocess.Popen([*command, *extra], stdout=log, stderr=subprocess.STDOUT,
+                                        env=_env(tmp_path, name)), log)  # fmt: skip
+    deadline = time.monotonic() + 300
+    try:
+        for proc, _ in procs.values():
+            proc.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        for proc, log in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in procs}
+    for name, (proc, _) in procs.items():
+        assert proc.returncode == 0, f"{name}:\n{logs[name][-3000:]}"
+    done = {
+        name: [line.split()[1] for line in logs[name].splitlines() if " done: " in line]
+        for name in ("w1", "w2")
+    }
+    finished = done["w1"] + done["w2"]
+    assert sorted(finished) == ["0", "1", "2", "3"], done  # every trial finished exactly once
+    trials = pd.read_csv(tmp_path / "results" / "dist" / "trials.csv", dtype={"trial_id": str})
+    assert sorted(trials["trial_id"]) == ["0", "1", "2", "3"] and set(trials["status"]) == {"COMPLETED"}
+    assert (tmp_path / "results" / "dist" / "best.yaml").is_file()
+    assert "chief: serving" in logs["chief"]
