@@ -74,19 +74,12 @@ def measure_keras(options: dict, steps: int, batch_size: int, size: int, warmup:
 
 
 def run_variant(name: str, args) -> dict:
-    code = (
-        "import json, sys; sys.path.insert(0, %r); import train_step as t; "
-        "print(json.dumps(t.measure_keras(%r, %d, %d, %d, %d)))"
-        % (
-            str(Path(__file__).resolve().parent),
-            VARIANTS[name],
-            args.steps,
-            args.batch_size,
-            args.image_size,
-            3,
-        )
-    )
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    """Measure one variant in a fresh process (XLA, precision and threads are process-wide)."""
+    command = [
+        sys.executable, __file__, "--measure-variant", name, "--steps", str(args.steps),
+        "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         return {"error": completed.stderr.strip().splitlines()[-1] if completed.stderr else "failed"}
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -101,7 +94,15 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--measure-variant", help=argparse.SUPPRESS)  # internal: one variant, in-process
     args = parser.parse_args()
+    if args.measure_variant:
+        print(
+            json.dumps(
+                measure_keras(VARIANTS[args.measure_variant], args.steps, args.batch_size, args.image_size, 3)
+            )
+        )
+        return
     names = [n for n in args.variants.split(",") if n]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:

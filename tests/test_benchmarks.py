@@ -40,10 +40,8 @@ def test_input_pipeline_benchmark(class_folder):
 
 
 def test_train_step_benchmark():
-    result = run_benchmark(
-        "train_step.py", "--steps", "2", "--image-size", "48", "--batch-size", "4", "--variants", "default,spe8",
-        "--no-reference",
-    )  # fmt: skip
+    flags = ["--steps", "2", "--image-size", "48", "--batch-size", "4", "--variants", "default,spe8"]
+    result = run_benchmark("train_step.py", *flags, "--no-reference")
     for variant in ("default", "spe8"):
         assert result["tfpipeline"][variant]["images_per_sec"] > 0, result
 

@@ -7,6 +7,8 @@ non-slow part of this file stays around a minute and a half on 2 cores.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
@@ -187,17 +189,27 @@ def test_time_budget_makes_the_oracle_stop(tmp_path):
 # --------------------------------------------------------------------------- searches
 
 
-@pytest.fixture
-def cli_search(image_folder, tmp_path, capsys):
-    """`tfpipeline tune ... --train-best` on the tiny space (2 trials), via the CLI."""
+@pytest.fixture(scope="module")
+def cli_search(tmp_path_factory):
+    """`tfpipeline tune ... --train-best` on the tiny space (2 trials), via the CLI; run once."""
+    from conftest import CLASSES, SPLIT_COUNTS, _write_images
+
     from tfpipeline.cli import main
 
+    tmp_path = tmp_path_factory.mktemp("cli_search")
+    data, start = tmp_path / "data", 0
+    for split, count in SPLIT_COUNTS.items():
+        for cls in CLASSES:
+            _write_images(data / split / cls, count, cls, start=start)
+        start += count
     space = write_space(tmp_path / "space.yaml", TINY_SPACE)
     results = tmp_path / "tuner_results"
-    args = ["tune", "--data", str(image_folder), *CLI_TINY, "--max-trials", "2", "--space", str(space)]
+    args = ["tune", "--data", str(data), *CLI_TINY, "--max-trials", "2", "--space", str(space)]
     args += ["--directory", str(results), "--project-name", "e2e", "--run-dir", str(tmp_path / "runs")]
-    assert main([*args, "--train-best"]) == 0
-    return results / "e2e", capsys.readouterr().out, tmp_path / "runs"
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.setenv("TFPIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+        assert main([*args, "--train-best"]) == 0
+    return results / "e2e", out.getvalue(), tmp_path / "runs"
 
 
 def test_cli_search_exports_results_and_trains_the_best(cli_search, capsys):
@@ -263,7 +275,7 @@ class Interrupt:
 def test_resume_skips_finished_trials_and_reruns_the_interrupted_one(image_folder, tmp_path):
     from tfpipeline.tuning import run_search
 
-    base = tiny_base(image_folder, tmp_path, epochs=2)
+    base = tiny_base(image_folder, tmp_path)
     started: list[str] = []
 
     def count(event):
@@ -281,12 +293,12 @@ def test_resume_skips_finished_trials_and_reruns_the_interrupted_one(image_folde
     assert started == ["1", "2"]  # trial 0 is not redone; 1 re-runs from scratch; 2 is new
     trials = result.exports.trials
     assert list(trials["trial_id"]) == ["0", "1", "2"] and set(trials["status"]) == {"COMPLETED"}
-    assert (trials["epochs_run"] == 2).all()
+    assert (trials["epochs_run"] == 1).all()
 
     started.clear()
     assert run_search(base, more, hooks=[count]).trials_run == 0 and started == []
-    with pytest.raises(UserError, match=r"base config \(train.epochs 2 -> 1\)"):
-        run_search(tiny_base(image_folder, tmp_path), more)
+    with pytest.raises(UserError, match=r"base config \(train.epochs 1 -> 2\)"):
+        run_search(tiny_base(image_folder, tmp_path, epochs=2), more)
 
 
 def test_grid_over_a_two_by_one_space_runs_two_trials(image_folder, tmp_path):
