@@ -119,3 +119,17 @@ def scale_pixels(images: tf.Tensor, scaling: str) -> tf.Tensor:
     if scaling == "raw":
         return images
     raise ValueError(f"unknown scaling '{scaling}'")
+
+
+def encoded_to_pixels(
+    contents: tf.Tensor, channels: int, size_hw: tuple[int, int], resize: str, interpolation: str
+) -> tf.Tensor:
+    """One encoded file -> uint8 [H, W, channels] at `size_hw`: the training pipeline's steps.
+
+    Training (`pipeline.decoded_images`), `tfpipeline predict` and the exported serving
+    signature all call this, then :func:`scale_pixels`, so a served model sees exactly the
+    pixels it was trained on.
+    """
+    image = decode_image(contents, channels, size_hw)
+    return resize_image(match_channels(image, channels), size_hw, resize, interpolation)
+

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline.config import AugmentConfig, DataConfig
-from tfpipeline.data.decode import decode_image, match_channels, resize_image, scale_pixels
+from tfpipeline.data.decode import encoded_to_pixels, match_channels, resize_image, scale_pixels
 from tfpipeline.data.sources import Split
 
 LABEL_MODES = ("int", "binary", "categorical")
@@ -35,7 +35,8 @@ def decoded_images(split: Split, config: DataConfig) -> tf.data.Dataset:
     if split.from_files:
 
         def load(path, label):
-            return finish(decode_image(tf.io.read_file(path), channels, size), label)
+            contents = tf.io.read_file(path)
+            return encoded_to_pixels(contents, channels, size, config.resize, config.interpolation), label
 
         source = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
         # deterministic=True keeps file order, which fixes what the seeded shuffle sees.
