@@ -189,6 +189,16 @@ def test_gradcam_resnet50_head_untrained():
     assert np.all(heatmaps.reshape(2, -1).std(axis=1) > 0)
 
 
+def test_balanced_sample_alternates_classes():
+    from tfpipeline.evaluation.evaluate import balanced_sample
+
+    y = np.array([0] * 10 + [1] * 3)
+    chosen = balanced_sample(y, 6, seed=1)
+    assert y[chosen].tolist() == [0, 1, 0, 1, 0, 1] and len(set(chosen.tolist())) == 6
+    assert sorted(y[balanced_sample(y, 20, seed=1)].tolist()) == sorted(y.tolist())
+    assert np.array_equal(balanced_sample(y, 6, seed=1), chosen)
+
+
 def test_gradcam_class_targets_follow_the_positive_class():
     from tfpipeline.evaluation.evaluate import gradcam_class_targets
 

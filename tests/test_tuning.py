@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -456,10 +457,7 @@ def test_distributed_search_on_loopback_chief_and_two_workers(image_folder, tmp_
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in procs}
     for name, (proc, _) in procs.items():
         assert proc.returncode == 0, f"{name}:\n{logs[name][-3000:]}"
-    done = {
-        name: [line.split()[1] for line in logs[name].splitlines() if " done: " in line]
-        for name in ("w1", "w2")
-    }
+    done = {name: re.findall(r"\] trial (\S+) done: ", logs[name]) for name in ("w1", "w2")}
     finished = done["w1"] + done["w2"]
     assert sorted(finished) == ["0", "1", "2", "3"], done  # every trial finished exactly once
     trials = pd.read_csv(tmp_path / "results" / "dist" / "trials.csv", dtype={"trial_id": str})

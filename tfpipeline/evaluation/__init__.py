@@ -34,11 +34,14 @@ __all__ = [
     "as_class_probs",
     "choose_threshold",
     "classification_metrics",
+    "compare_runs",
     "classification_report_text",
+    "evaluate_run",
     "expected_calibration_error",
     "figure_to_png_bytes",
     "find_last_conv_layer",
     "gradcam_heatmaps",
+    "load_predictor",
     "overlay_heatmap",
     "plot_compare_runs",
     "plot_confusion_matrix",
@@ -48,6 +51,7 @@ __all__ = [
     "plot_precision_recall",
     "plot_reliability_diagram",
     "plot_roc",
+    "predict_files",
     "predict_labels",
     "reliability_table",
     "save_figure",
@@ -57,11 +61,19 @@ __all__ = [
 ]
 
 _GRADCAM = ("find_last_conv_layer", "gradcam_heatmaps", "overlay_heatmap", "plot_gradcam_grid")
+# The run-level commands (they load TensorFlow and the training stage), imported on first use.
+_LAZY = {
+    **{name: "gradcam" for name in _GRADCAM},
+    "evaluate_run": "evaluate",
+    "compare_runs": "compare",
+    "load_predictor": "predict",
+    "predict_files": "predict",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _GRADCAM:
-        from tfpipeline.evaluation import gradcam
+    if name in _LAZY:
+        import importlib
 
-        return getattr(gradcam, name)
+        return getattr(importlib.import_module(f"tfpipeline.evaluation.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'tfpipeline.evaluation' has no attribute '{name}'")

@@ -183,7 +183,6 @@ def evaluate_run(
         classification_metrics,
         classification_report_text,
         predict_labels,
-        reliability_table,
     )
     from tfpipeline.evaluation.plots import (
         plot_confusion_matrix,
@@ -222,36 +221,14 @@ def evaluate_run(
     names = list(context.class_names)
     y_pred = predict_labels(probs, **rule)
 
-    table = reliability_table(y_true, probs, ECE_BINS)
     metrics = {
         "run": str(context.run.path),
         "split": split,
         "data": bundle.info.location,
         "checkpoint": str(context.run.model_checkpoint().relative_to(context.run.path)),
         **classification_metrics(y_true, probs, names, **rule),
-        "calibration": {
-            "ece": None,
-            "bins": ECE_BINS,
-            "table": [
-                {
-                    "lower": float(lo),
-                    "upper": float(hi),
-                    "count": int(c),
-                    "accuracy": _num(a),
-                    "confidence": _num(f),
-                }
-                for lo, hi, c, a, f in zip(
-                    table["lower"],
-                    table["upper"],
-                    table["count"],
-                    table["accuracy"],
-                    table["confidence"],
-                    strict=True,
-                )
-            ],
-        },
     }
-    metrics["calibration"]["ece"] = metrics["ece"]
+    metrics["calibration"] = {"ece": metrics["ece"], "bins": ECE_BINS, "table": _calibration(y_true, probs)}
     report = classification_report_text(y_true, probs, names, **rule)
 
     files = {
@@ -260,16 +237,14 @@ def evaluate_run(
     }
     files["classification_report"].write_text(report)
     files["metrics"].write_text(json.dumps(metrics, indent=2))
-    files["confusion_matrix"] = save_figure(
-        plot_confusion_matrix(y_true, y_pred, names), out_dir / "confusion_matrix.png"
-    )
-    files["roc"] = save_figure(plot_roc(y_true, probs, names, context.metric_index), out_dir / "roc.png")
-    files["precision_recall"] = save_figure(
-        plot_precision_recall(y_true, probs, names, context.metric_index), out_dir / "precision_recall.png"
-    )
-    files["reliability"] = save_figure(
-        plot_reliability_diagram(y_true, probs, ECE_BINS), out_dir / "reliability.png"
-    )
+    figures = {
+        "confusion_matrix": lambda: plot_confusion_matrix(y_true, y_pred, names),
+        "roc": lambda: plot_roc(y_true, probs, names, context.metric_index),
+        "precision_recall": lambda: plot_precision_recall(y_true, probs, names, context.metric_index),
+        "reliability": lambda: plot_reliability_diagram(y_true, probs, ECE_BINS),
+    }
+    for name, make in figures.items():
+        files[name] = save_figure(make(), out_dir / f"{name}.png")
 
     selection = _Selection(bundle.splits[split], data_config, context, split)
     if top_losses > 0:
@@ -283,8 +258,17 @@ def evaluate_run(
     return EvaluationResult(split=split, out_dir=out_dir, metrics=metrics, report=report, files=files)
 
 
-def _num(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
+def _calibration(y_true: np.ndarray, probs: np.ndarray) -> list[dict[str, Any]]:
+    """The reliability diagram's bins as JSON rows (NaN -> None for empty bins)."""
+    from tfpipeline.evaluation.metrics import reliability_table
+
+    table = reliability_table(y_true, probs, ECE_BINS)
+    keys = ("lower", "upper", "count", "accuracy", "confidence")
+    return [
+        {k: (None if np.isnan(table[k][i]) else float(table[k][i])) for k in keys}
+        | {"count": int(table["count"][i])}
+        for i in range(ECE_BINS)
+    ]
 
 
 class _Selection:
@@ -346,13 +330,25 @@ def gradcam_class_targets(y_pred: np.ndarray, positive_index: int | None) -> np.
     return (y_pred == positive_index).astype(np.int64)
 
 
+def balanced_sample(y_true: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Up to `count` random indices taking the classes in turn (true class 0, 1, ..., 0, 1, ...)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y_true))
+    by_class = [list(order[y_true[order] == c]) for c in np.unique(y_true)]
+    chosen: list[int] = []
+    while len(chosen) < min(count, len(y_true)):
+        for members in by_class:
+            if members and len(chosen) < count:
+                chosen.append(int(members.pop(0)))
+    return np.array(chosen, dtype=np.int64)
+
+
 def _gradcam_figure(selection: _Selection, model, y_true, probs, y_pred, count: int, out_dir: Path) -> Path:
     from tfpipeline.evaluation.gradcam import find_last_conv_layer, gradcam_heatmaps, plot_gradcam_grid
     from tfpipeline.evaluation.plots import save_figure
 
     context = selection.context
-    rng = np.random.default_rng(context.config.data.seed)
-    chosen = np.sort(rng.permutation(len(y_true))[: min(count, len(y_true))])
+    chosen = balanced_sample(y_true, count, context.config.data.seed)
     inputs = selection.images(chosen)
     targets = gradcam_class_targets(y_pred[chosen], context.positive_index)
     path = find_last_conv_layer(model)

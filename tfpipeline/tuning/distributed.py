@@ -156,7 +156,16 @@ def serve(oracle, settings: DistributedSettings) -> ServeReport:
                 if trial.status == trial_module.TrialStatus.STOPPED:
                     stopped.add(request.tuner_id)
                     self.stop_triggered = True
+            if trial.status == trial_module.TrialStatus.RUNNING:
+                print(f"chief: trial {trial.trial_id} -> {request.tuner_id}", flush=True)
             return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
+
+        def EndTrial(self, request, context):  # noqa: N802
+            response = super().EndTrial(request, context)
+            trial = self.oracle.trials[request.trial.trial_id]
+            score = f" {self.oracle.objective.name}={trial.score:.4f}" if trial.score is not None else ""
+            print(f"chief: trial {trial.trial_id} {trial.status}{score}", flush=True)
+            return response
 
     servicer = Servicer(oracle)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))

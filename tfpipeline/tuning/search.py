@@ -119,6 +119,9 @@ def run_search(
     if settings.tuner not in TUNERS:
         raise UserError(f"--tuner must be one of {', '.join(TUNERS)}; got '{settings.tuner}'")
     role = distributed.configure(dist)
+    if role == "worker" and settings.verbose:
+        worker = distributed.tuner_id()
+        log = lambda text: print(f"[{worker}] {text}", flush=True)  # noqa: E731
     project = project_path(settings, base.model.name)
     space = space_module.load_space(base.model.name, settings.space, base)
     if settings.tuner == "grid":
