@@ -160,7 +160,7 @@ def compare_runs(
     histories = {r.label: r.history for r in records}
     files = {}
     for metric in chosen:
-        figure = _readable(plot_compare_runs(histories, metric))
+        figure = plot_compare_runs(histories, metric)
         files[metric] = save_figure(figure, out_dir / f"compare_{_safe(metric)}.png")
 
     table = pd.DataFrame([r.row for r in records])
@@ -195,21 +195,6 @@ def _cell(column: str, value: Any) -> str:
     if column == "median_epoch_seconds":
         return f"{float(value):.2f}"
     return f"{float(value):.4f}"
-
-
-def _readable(figure):
-    """Whole-number epoch ticks, and markers on short curves (a 1-epoch run is otherwise invisible)."""
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in figure.axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        for line in ax.get_lines():
-            points = len(line.get_xdata())
-            if points <= 20:
-                line.set_marker("o" if points == 1 else ".")
-                if line.get_linestyle() == "--":  # train: hollow, so a lone point differs from val
-                    line.set_markerfacecolor("none")
-    return figure
 
 
 def _safe(name: str) -> str:

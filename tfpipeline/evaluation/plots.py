@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from sklearn import metrics as skm
 
 from tfpipeline.evaluation.metrics import expected_calibration_error, reliability_table
@@ -92,7 +93,18 @@ def plot_compare_runs(histories: Mapping[str, Any], metric: str) -> Figure:
             if key in columns:
                 values = np.asarray(columns[key], dtype=float)
                 label_text = None if labelled else str(label)
-                ax.plot(_epochs(columns, len(values)), values, style, color=colour, label=label_text)
+                # Markers keep short runs visible (one epoch is a single point); train's are
+                # hollow so a lone train point differs from a lone val point.
+                marker = ("o" if len(values) == 1 else ".") if len(values) <= 20 else None
+                ax.plot(
+                    _epochs(columns, len(values)),
+                    values,
+                    style,
+                    color=colour,
+                    label=label_text,
+                    marker=marker,
+                    markerfacecolor="none" if style == "--" else colour,
+                )
                 labelled = plotted = True
     if not plotted:
         raise ValueError(f"no run has '{metric}' or 'val_{metric}' in its history")
@@ -101,6 +113,7 @@ def plot_compare_runs(histories: Mapping[str, Any], metric: str) -> Figure:
     labels += ["train", "val"]
     fig.legend(handles, labels, title="run / split", fontsize="small", loc="outside right upper")
     ax.set_title(f"{metric}: train (dashed) vs val (solid)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
