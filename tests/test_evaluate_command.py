@@ -159,8 +159,10 @@ def test_evaluate_not_a_run_folder(tmp_path, capsys):
 def test_gradcam_small_cnn_run_model(binary_run):
     import keras
 
-    from tfpipeline.evaluation.evaluate import gradcam_class_targets, open_run, unscale_pixels
+    from tfpipeline.data.decode import unscale_pixels
+    from tfpipeline.evaluation.evaluate import gradcam_class_targets
     from tfpipeline.evaluation.gradcam import gradcam_heatmaps
+    from tfpipeline.evaluation.run_context import open_run
 
     model = keras.models.load_model(binary_run / "checkpoints" / "best.keras", compile=False)
     folder = binary_run.parent.parent / "data" / "test"

@@ -7,7 +7,10 @@ Everything here is TensorFlow ops only (no Python per image), so it runs in para
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 # Libjpeg can decode at 1/2, 1/4 and 1/8 of full size straight from the DCT coefficients,
@@ -133,3 +136,14 @@ def encoded_to_pixels(
     image = decode_image(contents, channels, size_hw)
     return resize_image(match_channels(image, channels), size_hw, resize, interpolation)
 
+
+def unscale_pixels(images: Any, scaling: str) -> np.ndarray:
+    """Invert :func:`tfpipeline.data.decode.scale_pixels`: model inputs -> displayable uint8."""
+    images = np.asarray(images, dtype=np.float32)
+    if scaling == "unit":
+        images = images * 255.0
+    elif scaling == "symmetric":
+        images = (images + 1.0) * 127.5
+    elif scaling != "raw":
+        raise ValueError(f"unknown scaling '{scaling}'")
+    return np.clip(np.round(images), 0, 255).astype(np.uint8)

@@ -62,13 +62,12 @@ class RunPredictor:
 
     def preprocess(self, contents):
         """Encoded bytes -> float32 [H, W, C], the training pipeline's steps in its order."""
-        from tfpipeline.data.decode import decode_image, match_channels, resize_image, scale_pixels
+        from tfpipeline.data.decode import encoded_to_pixels, scale_pixels
 
-        size = tuple(self.image_size)
-        image = decode_image(contents, self.channels, size)
-        image = match_channels(image, self.channels)
-        image = resize_image(image, size, self.resize, self.interpolation)
-        return scale_pixels(image, self.scaling)
+        pixels = encoded_to_pixels(
+            contents, self.channels, tuple(self.image_size), self.resize, self.interpolation
+        )
+        return scale_pixels(pixels, self.scaling)
 
     def __call__(self, batch) -> np.ndarray:
         from tfpipeline.evaluation.run_report import class_probabilities
@@ -78,7 +77,7 @@ class RunPredictor:
 
 
 def load_run_predictor(path: Path) -> RunPredictor:
-    from tfpipeline.evaluation.evaluate import load_run_model, open_run
+    from tfpipeline.evaluation.run_context import load_run_model, open_run
 
     context = open_run(path)
     data = context.config.data
