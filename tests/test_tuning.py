@@ -334,7 +334,8 @@ def test_time_budget_stops_scheduling_and_still_exports(image_folder, tmp_path):
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in (distributed.ENV_ID, distributed.ENV_IP, distributed.ENV_PORT):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "-")  # recorded, so teardown restores the original state
+        monkeypatch.delenv(name)
     return monkeypatch
 
 

@@ -1,10 +1,13 @@
 """Hyperparameter search on KerasTuner: `tfpipeline tune`.
 
-- :mod:`~tfpipeline.tuning.space`: the search space of every registered model (declared once),
-  `--space FILE.yaml` overrides, and values -> RunConfig via `dataclasses.replace`;
+- :mod:`~tfpipeline.tuning.space`: the search space of every registered model (declared once)
+  and `--space FILE.yaml` overrides; :mod:`~tfpipeline.tuning.hparams`: declarations and
+  values -> RunConfig via `dataclasses.replace`;
 - :mod:`~tfpipeline.tuning.hypermodel`: the KerasTuner HyperModel (build/fit through the
   training stage) and the once-per-search data;
-- :mod:`~tfpipeline.tuning.search`: tuner/oracle construction, resume, time budget, memory;
+- :mod:`~tfpipeline.tuning.search`: `run_search` (settings, project folder, export);
+  :mod:`~tfpipeline.tuning.oracles`: resume fixes and the time budget;
+  :mod:`~tfpipeline.tuning.tuner`: one fresh Keras session per trial;
 - :mod:`~tfpipeline.tuning.results`: trials.csv, best.yaml, plots, HParams logs, leaderboard;
 - :mod:`~tfpipeline.tuning.distributed`: chief/worker search across machines.
 

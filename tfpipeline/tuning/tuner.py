@@ -130,6 +130,10 @@ class PipelineTuner(keras_tuner.Tuner):
 
     def search(self, *args, **kwargs):
         if dist_utils.is_chief_oracle():
+            oracle = self.oracle
+            if oracle.max_trials and len(oracle.trials) >= oracle.max_trials and not oracle._retry_queue:
+                self.log("chief: the search is already complete; nothing to serve")
+                return
             self.save()
             self.serve_report = distributed.serve(self.oracle, self.dist)
             return
