@@ -97,7 +97,7 @@ def benchmark(run: Path, calls: int, batch_size: int, batches: int, warmup: int,
     import keras
     import tensorflow as tf
 
-    from tfpipeline.evaluation.evaluate import load_run_model, open_run
+    from tfpipeline.evaluation.run_context import load_run_model, open_run
     from tfpipeline.export import export_run
     from tfpipeline.export.signatures import ServingSpec
 
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         run = args.run or train_quick_run(Path(tmp) / "runs", args.quick)
         result = benchmark(run, calls, args.batch_size, batches, warmup, Path(tmp) / "exports")
     result["quick"] = args.quick
+    result["run_trained_by_benchmark"] = args.run is None  # then `run` was a temporary folder
     print(json.dumps(result))
     return 0
 

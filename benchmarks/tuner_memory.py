@@ -6,6 +6,10 @@ both the model and the batching part are rebuilt every trial) and prints one JSO
 growth per trial. A flat search stays within a few tens of MB however many trials it runs.
 
     .venv/bin/python benchmarks/tuner_memory.py --trials 20 --image-size 32
+
+With `--trials-per-process N` it instead runs the same search through `tfpipeline tune`, which
+hands the search over to a fresh process every N trials, and reports each process's peak RSS
+(sampled every 0.2 s): the bound that hand-over puts on memory.
 """
 
 from __future__ import annotations
@@ -49,8 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--data", default="faces", help="any --data value (default: embedded faces)")
     parser.add_argument("--directory", default=None, help="where the search goes (default: a temp folder)")
+    parser.add_argument(
+        "--trials-per-process", type=int, default=None, help="measure the CLI's hand-over mode"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.trials_per_process is not None:
+        print(json.dumps(measure_handover(args)))
+        return 0
 
     from tfpipeline.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from tfpipeline.tuning import SearchSettings, run_search
@@ -103,6 +113,51 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(report))
     return 0
+
+
+def measure_handover(args) -> dict:
+    """Peak RSS of every process of a `tfpipeline tune --trials-per-process N` search."""
+    import subprocess
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as scratch:
+        space = Path(scratch) / "space.yaml"
+        space.write_text(yaml.safe_dump(SPACE))
+        command = [
+            sys.executable, "-m", "tfpipeline.cli", "tune", "--model", "small_cnn", "--tuner", "random",
+            "--max-trials", str(args.trials), "--epochs", str(args.epochs), "--data", args.data,
+            "--image-size", str(args.image_size), "--padding", "same", "--space", str(space),
+            "--directory", args.directory or scratch, "--project-name", "tuner_memory", "--overwrite",
+            "--trials-per-process", str(args.trials_per_process),
+        ]  # fmt: skip
+        start = time.perf_counter()
+        parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peaks: dict[int, float] = {}
+        root = psutil.Process(parent.pid)
+        while parent.poll() is None:
+            try:
+                for proc in [root, *root.children(recursive=True)]:
+                    rss = proc.memory_info().rss / 2**20
+                    peaks[proc.pid] = max(peaks.get(proc.pid, 0.0), rss)
+            except psutil.Error:
+                pass  # a child ended between listing and reading
+            time.sleep(0.2)
+        seconds = time.perf_counter() - start
+        import pandas as pd
+
+        trials = pd.read_csv(Path(args.directory or scratch) / "tuner_memory" / "trials.csv")
+    return {
+        "mode": "handover",
+        "trials": len(trials),
+        "statuses": trials["status"].value_counts().to_dict(),
+        "trials_per_process": args.trials_per_process,
+        "processes": len(peaks),
+        "peak_rss_per_process_mb": [round(v, 1) for v in peaks.values()],
+        "max_peak_rss_mb": round(max(peaks.values()), 1),
+        "exit_code": parent.returncode,
+        "seconds": round(seconds, 1),
+    }
 
 
 if __name__ == "__main__":

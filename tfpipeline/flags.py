@@ -177,6 +177,10 @@ def _flatten_yaml(values: dict[str, Any], where: str) -> dict[str, dict]:
     return nested
 
 
+# Namespace entries that are CLI plumbing, not configuration.
+_NOT_CONFIG = {"config", "command", "debug", "func", "action", "resume", "subcommand", "argv"}
+
+
 def resolve_run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
     """Defaults <- `base` (e.g. a resumed run's config) <- `--config` YAML <- typed flags."""
     nested: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
@@ -188,7 +192,7 @@ def resolve_run_config(args: argparse.Namespace, base: dict[str, Any] | None = N
         layers.append(_flatten_yaml(load_yaml(config_file), str(config_file)))
     typed: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     for key, value in vars(args).items():
-        if key in ("config", "command", "debug", "func", "action", "resume", "subcommand") or value is None:
+        if key in _NOT_CONFIG or value is None:
             continue
         _place(key, value, typed, "flag")
     layers.append(typed)

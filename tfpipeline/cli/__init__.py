@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(argv)  # for commands that re-run themselves in a fresh process (tune)
         if not debug and args.command is not None:
             import_tensorflow_quietly()
         return int(args.func(args) or 0)

@@ -20,8 +20,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from tfpipeline.export import export_run
 
-    if not args.debug:  # SavedModel writing logs "Assets written to: <temporary folder>" at INFO
-        logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    if not args.debug:  # e.g. "Assets written to: <temporary folder>", tf2onnx's optimiser
+        for noisy in ("tensorflow", "tf2onnx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
     result = export_run(
         args.run, out=args.out, fmt=args.format, version=args.version, name=args.name, force=args.force

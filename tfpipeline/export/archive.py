@@ -145,7 +145,7 @@ def export_run(
     Raises:
         UserError: not a finished run, an unknown format, or the version exists without `force`.
     """
-    from tfpipeline.evaluation.evaluate import load_run_model, open_run
+    from tfpipeline.evaluation.run_context import load_run_model, open_run
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}; got '{fmt}'")

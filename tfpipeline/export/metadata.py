@@ -66,7 +66,7 @@ def build_metadata(context: Any, spec: Any, *, name: str, version: int, fmt: str
     """The metadata dict of an export.
 
     Args:
-        context: the run's :class:`~tfpipeline.evaluation.evaluate.RunContext`.
+        context: the run's :class:`~tfpipeline.evaluation.run_context.RunContext`.
         spec: the :class:`~tfpipeline.export.signatures.ServingSpec` the export was built with.
         name / version: the export's model name and version.
         fmt: `saved_model`, `keras` or `tflite`.

@@ -1,9 +1,9 @@
 """Serving signatures: encoded image bytes or pixel batches in, class probabilities out.
 
 The bytes signature preprocesses with the functions training used
-(:mod:`tfpipeline.data.decode`: decode_image -> match_channels -> resize_image -> scale_pixels),
-traced into the SavedModel graph, so a served model sees exactly the pixels the training
-pipeline fed it. Every signature returns the same outputs:
+(:mod:`tfpipeline.data.decode`: encoded_to_pixels, i.e. decode_image -> match_channels ->
+resize_image, then scale_pixels), traced into the SavedModel graph, so a served model sees
+exactly the pixels the training pipeline fed it. Every signature returns the same outputs:
 
 - ``probabilities`` float32 [N, K], columns in class-name order;
 - ``class_index`` int64 [N] and ``class_name`` string [N]: the predicted class (for a binary
@@ -19,7 +19,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfpipeline.data.decode import decode_image, match_channels, resize_image, scale_pixels
+from tfpipeline.data.decode import encoded_to_pixels, scale_pixels
 
 BYTES_SIGNATURE = "serving_default"
 FLOAT_SIGNATURE = "predict_images"
@@ -65,7 +65,7 @@ class ServingSpec:
 
     @classmethod
     def from_context(cls, context: Any) -> ServingSpec:
-        """From a :class:`tfpipeline.evaluation.evaluate.RunContext`."""
+        """From a :class:`tfpipeline.evaluation.run_context.RunContext`."""
         data = context.config.data
         binary = len(context.class_names) == 2
         positive = context.positive_index if binary else None
@@ -94,7 +94,8 @@ def is_image_bytes(contents: tf.Tensor) -> tf.Tensor:
 
 
 def bytes_to_pixels(contents: tf.Tensor, index: tf.Tensor, spec: ServingSpec) -> tf.Tensor:
-    """One encoded image -> uint8 [H, W, C], as :func:`tfpipeline.data.pipeline.decoded_images`.
+    """One encoded image -> uint8 [H, W, C]: :func:`~tfpipeline.data.decode.encoded_to_pixels`, the
+    training pipeline's own per-file path, behind a check that the bytes are an image.
 
     Raises (at run time):
         tf.errors.InvalidArgumentError: "input image_bytes[i] is not a decodable image ..." when
@@ -106,9 +107,7 @@ def bytes_to_pixels(contents: tf.Tensor, index: tf.Tensor, spec: ServingSpec) ->
     with tf.control_dependencies([check]):
         contents = tf.identity(contents)
     size = tuple(spec.image_size)
-    image = decode_image(contents, spec.channels, size)
-    image = match_channels(image, spec.channels)
-    image = resize_image(image, size, spec.resize, spec.interpolation)
+    image = encoded_to_pixels(contents, spec.channels, size, spec.resize, spec.interpolation)
     return tf.ensure_shape(image, spec.pixel_shape)
 
 

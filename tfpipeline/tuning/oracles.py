@@ -13,7 +13,8 @@ the same id and values. Fixed here (keras-tuner #439/#987/#1055 territory):
 - GridSearch's place in the grid (`_ordered_ids`, `_populate_next`) is saved and restored.
 
 The time budget: once `deadline` has passed, `create_trial` answers STOPPED (to local tuners
-and distributed workers alike); running trials finish and are recorded.
+and distributed workers alike); running trials finish and are recorded. The trial quota works
+the same way and lets the CLI hand a long search over to fresh processes.
 """
 
 from __future__ import annotations
@@ -41,18 +42,27 @@ class _SearchOracle:
 
     deadline: float | None = None
     budget_exhausted = False
+    # New trials this process may start before it hands over to a fresh process (see
+    # `tfpipeline tune --trials-per-process`); None: no limit.
+    trial_quota: int | None = None
+    quota_reached = False
+    _started = 0
 
     @keras_tuner.synchronized
     def create_trial(self, tuner_id):
-        if (
-            self.deadline is not None
-            and time.monotonic() >= self.deadline
-            and tuner_id not in self.ongoing_trials
-        ):
-            self.budget_exhausted = True
-            self.tuner_ids.discard(tuner_id)
-            return trial_module.Trial(self.get_space(), status=STOPPED)
-        return super().create_trial(tuner_id)
+        if tuner_id not in self.ongoing_trials:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.budget_exhausted = True
+                self.tuner_ids.discard(tuner_id)
+                return trial_module.Trial(self.get_space(), status=STOPPED)
+            if self.trial_quota is not None and self._started >= self.trial_quota:
+                self.quota_reached = True
+                self.tuner_ids.discard(tuner_id)
+                return trial_module.Trial(self.get_space(), status=STOPPED)
+        trial = super().create_trial(tuner_id)
+        if trial.status == RUNNING:
+            self._started += 1
+        return trial
 
     @keras_tuner.synchronized
     def end_trial(self, trial):

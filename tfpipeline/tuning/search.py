@@ -50,6 +50,7 @@ class SearchSettings:
     factor: int = 3
     devices: tuple[str, ...] = ()  # MirroredStrategy devices (default: all GPUs when > 1)
     verbose: bool = True
+    trial_quota: int | None = None  # start at most this many new trials in this process
 
 
 @dataclass
@@ -61,6 +62,7 @@ class SearchResult:
     trials_run: int  # by this process
     stopped_by_budget: bool
     exports: results.Exports | None
+    stopped_by_quota: bool = False  # more trials remain; continue in a fresh process
 
 
 def project_path(settings: SearchSettings, model: str) -> Path:
@@ -178,6 +180,8 @@ def run_search(
         oracle.verbose = 0
         if settings.time_budget:
             oracle.deadline = time.monotonic() + settings.time_budget * 60
+        if role is None:
+            oracle.trial_quota = settings.trial_quota
     try:
         tuner.search()
     except RuntimeError as exc:
@@ -191,7 +195,8 @@ def run_search(
     budget = bool(getattr(tuner.oracle, "budget_exhausted", False))
     if budget:
         log(f"time budget of {settings.time_budget:g} min used up: no new trials started")
-    return SearchResult(project, role, name, objective.direction, tuner.trials_run, budget, exports)
+    quota = bool(getattr(tuner.oracle, "quota_reached", False))
+    return SearchResult(project, role, name, objective.direction, tuner.trials_run, budget, exports, quota)
 
 
 def _preflight(hypermodel: PipelineHyperModel) -> None:
