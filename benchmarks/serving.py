@@ -81,6 +81,7 @@ def time_calls(fn, calls: int, warmup: int) -> dict:
         "p50_ms": round(float(np.percentile(times, 50)), 3),
         "p99_ms": round(float(np.percentile(times, 99)), 3),
         "mean_ms": round(float(times.mean()), 3),
+        "min_ms": round(float(times.min()), 3),  # the floor, when other jobs share the cores
         "calls": calls,
     }
 
@@ -190,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 3 if args.quick else 20
     with tempfile.TemporaryDirectory(prefix="tfp-bench-serving-") as tmp:
         run = args.run or train_quick_run(Path(tmp) / "runs", args.quick)
+        load_before = os.getloadavg()[0]
         result = benchmark(run, calls, args.batch_size, batches, warmup, Path(tmp) / "exports")
+    # 1-minute load average before and after the timed part: well above 1 means other jobs
+    # shared the two cores and the latencies are inflated.
+    result["loadavg_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     result["quick"] = args.quick
     result["run_trained_by_benchmark"] = args.run is None  # then `run` was a temporary folder
     print(json.dumps(result))

@@ -72,10 +72,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         load_predictor,
         predict_files,
         predicted_indices,
+        register_loader,
         submission_rows,
         write_submission,
     )
+    from tfpipeline.export import is_export, load_export
 
+    # The export stage is downstream of evaluation, so the CLI (which sees every stage) teaches
+    # predict to read export folders as well as run folders.
+    register_loader(is_export, load_export)
     paths = collect_inputs(args.inputs)
     if args.csv:  # fail on colliding IDs before loading anything
         submission_rows(paths, [0] * len(paths), ["?"], "index")
@@ -144,7 +149,9 @@ def register(commands) -> None:
         description="Preprocess each image exactly as training did and predict its class. Prints "
         "path<TAB>class<TAB>probability, or writes a Kaggle-style ID,TARGET CSV with --csv.",
     )
-    predict.add_argument("model", metavar="MODEL_OR_RUN", help="run folder")
+    predict.add_argument(
+        "model", metavar="MODEL_OR_RUN", help="run folder, or an export folder from `tfpipeline export`"
+    )
     predict.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)"
     )

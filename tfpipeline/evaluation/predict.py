@@ -109,11 +109,11 @@ def load_predictor(path: str | Path) -> Predictor:
     """The predictor stored at `path` (a run folder, or any registered format)."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: no such folder (expected a run folder)")
+        raise UserError(f"{path}: no such folder (expected a run folder or an export)")
     for matches, load in _LOADERS:
         if matches(path):
             return load(path)
-    raise UserError(f"{path}: not a tfpipeline run folder (no config.yaml)")
+    raise UserError(f"{path}: neither a tfpipeline run folder (no config.yaml) nor an export")
 
 
 # ---------------------------------------------------------------------------------------------
