@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from tfpipeline.config import to_dict
+from tfpipeline.training.run_folder import jsonable
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -138,7 +139,7 @@ def build_metadata(context: Any, spec: Any, *, name: str, version: int, fmt: str
 def write_metadata(path: Path, metadata: dict[str, Any]) -> Path:
     """Write `metadata` as indented JSON to `path` (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metadata, indent=2, default=_jsonable) + "\n")
+    path.write_text(json.dumps(metadata, indent=2, default=jsonable) + "\n")
     return path
 
 
@@ -148,11 +149,3 @@ def read_metadata(folder: Path) -> dict[str, Any]:
         if candidate.is_file():
             return json.loads(candidate.read_text())
     raise FileNotFoundError(f"{folder}: no {METADATA_FILE} (not a tfpipeline export)")
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -107,7 +107,7 @@ class RunFolder:
             raise UserError(f"{self.path}: missing {name} (was the run finished?)") from None
 
     def write_json(self, name: str, values: dict[str, Any]) -> None:
-        (self.path / name).write_text(json.dumps(values, indent=2, default=_jsonable))
+        (self.path / name).write_text(json.dumps(values, indent=2, default=jsonable))
 
     def update_run_info(self, **values: Any) -> None:
         """Merge `values` into run.json (created on first use)."""
@@ -135,7 +135,7 @@ class RunFolder:
         raise UserError(f"{self.path}: no checkpoint in {self.path / 'checkpoints'} (did training run?)")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """JSON fallback for numpy scalars/arrays and paths."""
     if hasattr(value, "tolist"):
         return value.tolist()
