@@ -465,3 +465,22 @@ def test_distributed_search_on_loopback_chief_and_two_workers(image_folder, tmp_
     assert sorted(trials["trial_id"]) == ["0", "1", "2", "3"] and set(trials["status"]) == {"COMPLETED"}
     assert (tmp_path / "results" / "dist" / "best.yaml").is_file()
     assert "chief: serving" in logs["chief"]
+
+
+def test_trials_per_process_hands_the_search_over_to_fresh_processes(tmp_path, capsys):
+    """3 trials, 1 per process: this process runs one, two fresh processes run the rest."""
+    from tfpipeline.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"tune_only": True, "lr": [0.001, 0.01, 0.1]}))
+    args = [
+        "tune", "--model", "small_cnn", "--tuner", "random", "--max-trials", "3", "--data", "faces",
+        "--epochs", "1", "--image-size", "16", "--padding", "same", "--space", str(space),
+        "--directory", str(tmp_path), "--project-name", "handover", "--trials-per-process", "1",
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("continuing in a fresh one") == 2
+    trials = pd.read_csv(tmp_path / "handover" / "trials.csv")
+    assert len(trials) == 3 and set(trials["status"]) == {"COMPLETED"}
+    assert trials["trial_id"].nunique() == 3  # each trial ran exactly once

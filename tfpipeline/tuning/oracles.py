@@ -55,7 +55,8 @@ class _SearchOracle:
                 self.budget_exhausted = True
                 self.tuner_ids.discard(tuner_id)
                 return trial_module.Trial(self.get_space(), status=STOPPED)
-            if self.trial_quota is not None and self._started >= self.trial_quota:
+            search_done = self.max_trials is not None and len(self.trials) >= self.max_trials
+            if self.trial_quota is not None and self._started >= self.trial_quota and not search_done:
                 self.quota_reached = True
                 self.tuner_ids.discard(tuner_id)
                 return trial_module.Trial(self.get_space(), status=STOPPED)
