@@ -42,6 +42,21 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def int_at_least(minimum: int):
+    """An argparse `type` for whole numbers >= `minimum`, with a one-line error otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def parse_floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(p) for p in text.split(","))

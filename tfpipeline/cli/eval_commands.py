@@ -5,26 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _names(text: str) -> list[str]:
-    return [p.strip() for p in text.split(",") if p.strip()]
+from tfpipeline.flags import int_at_least, parse_names
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -118,11 +99,11 @@ def register(commands) -> None:
     )
     evaluate.add_argument("--out", metavar="DIR", help="output folder (default RUN/evaluation/<split>)")
     evaluate.add_argument(
-        "--gradcam", type=_count, default=8, metavar="N", help="Grad-CAM images (default 8; 0: none)"
+        "--gradcam", type=int_at_least(0), default=8, metavar="N", help="Grad-CAM images (default 8; 0: none)"
     )
     evaluate.add_argument(
         "--top-losses",
-        type=_count,
+        type=int_at_least(0),
         default=9,
         metavar="N",
         help="most confidently wrong images (default 9; 0: none)",
@@ -136,10 +117,10 @@ def register(commands) -> None:
         "comparison.md / comparison.csv with one row per run.",
     )
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
-    compare.add_argument("--labels", type=_names, help="comma-separated legend labels, one per run")
+    compare.add_argument("--labels", type=parse_names, help="comma-separated legend labels, one per run")
     compare.add_argument("--out", metavar="DIR", help="output folder (default: ./comparison)")
     compare.add_argument(
-        "--metrics", type=_names, help="history metrics to plot (default loss,accuracy,auc,...)"
+        "--metrics", type=parse_names, help="history metrics to plot (default loss,accuracy,auc,...)"
     )
     compare.set_defaults(func=cmd_compare)
 
@@ -164,6 +145,8 @@ def register(commands) -> None:
         default="index",
         help="CSV TARGET: class index (default) or name",
     )
-    predict.add_argument("--batch-size", type=_positive, default=32, help="images per batch (default 32)")
+    predict.add_argument(
+        "--batch-size", type=int_at_least(1), default=32, help="images per batch (default 32)"
+    )
     predict.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     predict.set_defaults(func=cmd_predict)

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _version(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from tfpipeline.flags import int_at_least
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -73,7 +65,7 @@ def register(commands) -> None:
         help="default saved_model (for TF Serving); onnx needs `pip install tfpipeline[onnx]`",
     )
     export.add_argument(
-        "--version", type=_version, metavar="N", help="version number (default: one after the highest)"
+        "--version", type=int_at_least(1), metavar="N", help="version number (default: one after the highest)"
     )
     export.add_argument("--name", help="model name in the layout (default: the run's model name)")
     export.add_argument("--force", action="store_true", help="overwrite an existing version")
