@@ -21,6 +21,7 @@ import numpy as np
 
 from tfpipeline.data.sources import IMAGE_EXTENSIONS
 from tfpipeline.errors import UserError
+from tfpipeline.evaluation.run_context import ServingSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +44,35 @@ class Predictor(Protocol):
 
 @dataclass
 class RunPredictor:
-    """A run folder's best checkpoint with the run's own preprocessing."""
+    """A run folder's best checkpoint with the run's own preprocessing and decision rule."""
 
     model: Any
-    class_names: tuple[str, ...]
-    positive_index: int | None
-    threshold: float | None
-    image_size: tuple[int, int]
-    channels: int
-    resize: str
-    interpolation: str
-    scaling: str
+    spec: ServingSpec
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+    @property
+    def positive_index(self) -> int | None:
+        return self.spec.positive_index
+
+    @property
+    def threshold(self) -> float | None:
+        return self.spec.threshold
 
     @property
     def decode_check(self) -> tuple[int, tuple[int, int]]:
         """(channels, size) the data stage's file check decodes with."""
-        return self.channels, tuple(self.image_size)
+        return self.spec.channels, tuple(self.spec.image_size)
 
     def preprocess(self, contents):
         """Encoded bytes -> float32 [H, W, C], the training pipeline's steps in its order."""
         from tfpipeline.data.decode import encoded_to_pixels, scale_pixels
 
-        pixels = encoded_to_pixels(
-            contents, self.channels, tuple(self.image_size), self.resize, self.interpolation
-        )
-        return scale_pixels(pixels, self.scaling)
+        spec = self.spec
+        pixels = encoded_to_pixels(contents, spec.channels, spec.image_size, spec.resize, spec.interpolation)
+        return scale_pixels(pixels, spec.scaling)
 
     def __call__(self, batch) -> np.ndarray:
         from tfpipeline.evaluation.run_report import class_probabilities
@@ -80,18 +85,7 @@ def load_run_predictor(path: Path) -> RunPredictor:
     from tfpipeline.evaluation.run_context import load_run_model, open_run
 
     context = open_run(path)
-    data = context.config.data
-    return RunPredictor(
-        model=load_run_model(context),
-        class_names=context.class_names,
-        positive_index=context.positive_index,
-        threshold=context.threshold,
-        image_size=tuple(data.image_size),
-        channels=data.channels,
-        resize=data.resize,
-        interpolation=data.interpolation,
-        scaling=context.scaling,
-    )
+    return RunPredictor(model=load_run_model(context), spec=ServingSpec.from_context(context))
 
 
 # (matches(path), load(path)) pairs, tried in order; the first match loads the predictor.

@@ -2,6 +2,8 @@
 
 A :class:`RunContext` gathers the run's config, run.json facts, class names, positive class,
 decision threshold and pixel scaling, so every consumer reads them the same way.
+:class:`ServingSpec` is the subset that decides how images are preprocessed and predictions
+decided; `predict` and the export both use it.
 """
 
 from __future__ import annotations
@@ -111,3 +113,55 @@ def load_run_model(context: RunContext):
         return keras.models.load_model(path, compile=False)
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot load the checkpoint ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """Everything the signatures need to know about a run, as plain values.
+
+    Attributes:
+        class_names: output order of the model (K names).
+        positive_index: index of the class a binary model's sigmoid scores; None for K > 2.
+        threshold: binary decision threshold on the positive-class probability; None for K > 2.
+        image_size: (height, width) the model takes.
+        channels: 1 or 3.
+        resize / interpolation: the run's resize method and interpolation.
+        scaling: `unit`, `symmetric` or `raw` (run.json's resolved pixel range).
+    """
+
+    class_names: tuple[str, ...]
+    positive_index: int | None
+    threshold: float | None
+    image_size: tuple[int, int]
+    channels: int
+    resize: str
+    interpolation: str
+    scaling: str
+
+    @property
+    def binary(self) -> bool:
+        return len(self.class_names) == 2
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        return (*self.image_size, self.channels)
+
+    @classmethod
+    def from_context(cls, context: RunContext) -> ServingSpec:
+        """The serving facts of an opened run."""
+        data = context.config.data
+        binary = len(context.class_names) == 2
+        positive = context.positive_index if binary else None
+        if binary and positive is None:
+            positive = 1
+        threshold = context.threshold if binary else None
+        return cls(
+            class_names=tuple(context.class_names),
+            positive_index=positive,
+            threshold=float(threshold if threshold is not None else 0.5) if binary else None,
+            image_size=(int(data.image_size[0]), int(data.image_size[1])),
+            channels=int(data.channels),
+            resize=data.resize,
+            interpolation=data.interpolation,
+            scaling=context.scaling,
+        )

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from tfpipeline.errors import UserError
+from tfpipeline.evaluation.run_context import ServingSpec
 from tfpipeline.export.metadata import METADATA_FILE, build_metadata, write_metadata
 from tfpipeline.export.model_card import render_model_card
-from tfpipeline.export.signatures import ServingSpec, write_saved_model
+from tfpipeline.export.signatures import write_saved_model
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from tfpipeline.errors import UserError
+from tfpipeline.evaluation.run_context import ServingSpec
 from tfpipeline.export.archive import existing_versions
 from tfpipeline.export.metadata import read_metadata
-from tfpipeline.export.signatures import BYTES_SIGNATURE, FLOAT_SIGNATURE, ServingSpec
+from tfpipeline.export.signatures import BYTES_SIGNATURE, FLOAT_SIGNATURE
 
 MODEL_FILES = {
     "saved_model": "saved_model.pb",

@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from tfpipeline.data.decode import scale_pixels
 from tfpipeline.errors import UserError
-from tfpipeline.export.signatures import ServingSpec, class_outputs
+from tfpipeline.evaluation.run_context import ServingSpec
+from tfpipeline.export.signatures import class_outputs
 
 OPSET = 17
 AGREEMENT_IMAGES = 16

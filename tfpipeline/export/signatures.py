@@ -14,12 +14,12 @@ exactly the pixels the training pipeline fed it. Every signature returns the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
 
 from tfpipeline.data.decode import encoded_to_pixels, scale_pixels
+from tfpipeline.evaluation.run_context import ServingSpec
 
 BYTES_SIGNATURE = "serving_default"
 FLOAT_SIGNATURE = "predict_images"
@@ -30,58 +30,6 @@ NOT_AN_IMAGE = "is not a decodable image (expected JPEG, PNG, BMP or GIF bytes)"
 
 # Magic numbers of the formats TensorFlow's decoders accept (JPEG via tf.io.is_jpeg).
 _MAGIC = ((b"\x89PNG\r\n\x1a\n",), (b"GIF87a", b"GIF89a"), (b"BM",))
-
-
-@dataclass(frozen=True)
-class ServingSpec:
-    """Everything the signatures need to know about a run, as plain values.
-
-    Attributes:
-        class_names: output order of the model (K names).
-        positive_index: index of the class a binary model's sigmoid scores; None for K > 2.
-        threshold: binary decision threshold on the positive-class probability; None for K > 2.
-        image_size: (height, width) the model takes.
-        channels: 1 or 3.
-        resize / interpolation: the run's resize method and interpolation.
-        scaling: `unit`, `symmetric` or `raw` (run.json's resolved pixel range).
-    """
-
-    class_names: tuple[str, ...]
-    positive_index: int | None
-    threshold: float | None
-    image_size: tuple[int, int]
-    channels: int
-    resize: str
-    interpolation: str
-    scaling: str
-
-    @property
-    def binary(self) -> bool:
-        return len(self.class_names) == 2
-
-    @property
-    def pixel_shape(self) -> tuple[int, int, int]:
-        return (*self.image_size, self.channels)
-
-    @classmethod
-    def from_context(cls, context: Any) -> ServingSpec:
-        """From a :class:`tfpipeline.evaluation.run_context.RunContext`."""
-        data = context.config.data
-        binary = len(context.class_names) == 2
-        positive = context.positive_index if binary else None
-        if binary and positive is None:
-            positive = 1
-        threshold = context.threshold if binary else None
-        return cls(
-            class_names=tuple(context.class_names),
-            positive_index=positive,
-            threshold=float(threshold if threshold is not None else 0.5) if binary else None,
-            image_size=(int(data.image_size[0]), int(data.image_size[1])),
-            channels=int(data.channels),
-            resize=data.resize,
-            interpolation=data.interpolation,
-            scaling=context.scaling,
-        )
 
 
 def is_image_bytes(contents: tf.Tensor) -> tf.Tensor:

@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from tfpipeline.data.decode import scale_pixels
 from tfpipeline.errors import UserError
-from tfpipeline.export.signatures import ServingSpec, class_outputs
+from tfpipeline.evaluation.run_context import ServingSpec
+from tfpipeline.export.signatures import class_outputs
 
 log = logging.getLogger(__name__)
 
