@@ -35,7 +35,8 @@ def folder_split(folder: Path):
     """Every image below `folder`'s class subfolders as one Split (no train/val division)."""
     import numpy as np
 
-    from tfpipeline.data.sources import Split, list_class_folder
+    from tfpipeline.data.sources import list_class_folder
+    from tfpipeline.data.split import Split
 
     paths, labels = [], []
     for index, class_dir in enumerate(sorted(p for p in folder.iterdir() if p.is_dir())):

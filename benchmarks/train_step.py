@@ -57,7 +57,7 @@ def measure_keras(options: dict, steps: int, batch_size: int, size: int, warmup:
     model.compile(
         optimizer=make_optimizer(TrainConfig(), steps),
         loss=make_loss(2, 0.0),
-        metrics=training_metrics(2),
+        metrics=training_metrics(2, threshold=0.5),
         jit_compile=options.get("jit_compile", False),
         steps_per_execution=spe,
     )

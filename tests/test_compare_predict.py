@@ -212,7 +212,7 @@ def test_predict_matches_training_pipeline(runs):
     import keras
 
     from tfpipeline.data import load_data
-    from tfpipeline.evaluation.predict import load_predictor, predict_files, predicted_indices
+    from tfpipeline.evaluation.predict import load_predictor, predict_files
     from tfpipeline.evaluation.run_report import class_probabilities
     from tfpipeline.training import RunFolder
 
@@ -229,8 +229,8 @@ def test_predict_matches_training_pipeline(runs):
     assert probs.shape == expected.shape == (8, 2)
     assert np.max(np.abs(probs - expected)) <= 1e-5
     threshold = json.loads(run.metrics_file.read_text())["threshold"]["value"]
-    assert predictor.threshold == threshold
-    assert predicted_indices(predictor, probs).tolist() == np.where(probs[:, 1] >= threshold, 1, 0).tolist()
+    assert predictor.rule.value == threshold
+    assert predictor.rule.predict(probs).tolist() == np.where(probs[:, 1] >= threshold, 1, 0).tolist()
 
 
 def test_predict_bad_file(runs, tmp_path, capsys, caplog):

@@ -13,7 +13,7 @@ from tfpipeline.config import AugmentConfig, DataConfig
 from tfpipeline.data import build_dataset, resolve_source
 from tfpipeline.data.decode import decode_image, jpeg_ratio_index, resize_image
 from tfpipeline.data.pipeline import decoded_images
-from tfpipeline.data.sources import Split
+from tfpipeline.data.split import Split
 
 SMALL = (24, 24)
 

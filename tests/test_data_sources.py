@@ -10,7 +10,7 @@ import pytest
 
 from tfpipeline.config import DataConfig
 from tfpipeline.data import resolve_positive, resolve_source
-from tfpipeline.data.sources import Split, stratified_split
+from tfpipeline.data.split import Split, stratified_split
 from tfpipeline.errors import UserError
 
 

@@ -3,16 +3,17 @@ on a Sequential CNN and on a functional head around a nested backbone, summaries
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from tfpipeline.errors import UserError
+from tfpipeline.decision import DecisionRule
 from tfpipeline.evaluation import (
     as_class_probs,
-    choose_threshold,
     classification_metrics,
     classification_report_text,
     expected_calibration_error,
@@ -24,7 +25,6 @@ from tfpipeline.evaluation import (
     plot_precision_recall,
     plot_reliability_diagram,
     plot_roc,
-    predict_labels,
     reliability_table,
     save_figure,
     top_loss_titles,
@@ -70,7 +70,9 @@ def test_as_class_probs_sigmoid_and_softmax():
 def test_binary_metrics_match_sklearn():
     y, probs = _binary()
     threshold = 0.4
-    m = classification_metrics(y, probs, BINARY_NAMES, threshold=threshold)
+    m = classification_metrics(
+        y, probs, BINARY_NAMES, rule=replace(DecisionRule.for_classes("0.5", BINARY_NAMES), value=threshold)
+    )
     pred = (probs[:, 1] >= threshold).astype(int)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
@@ -86,7 +88,9 @@ def test_binary_metrics_match_sklearn():
 
 def test_binary_metrics_with_positive_class_zero():
     y, probs = _binary()
-    m = classification_metrics(y, probs, BINARY_NAMES, positive_index=0, threshold=0.5)
+    m = classification_metrics(
+        y, probs, BINARY_NAMES, rule=DecisionRule.for_classes("0.5", BINARY_NAMES, "cat")
+    )
     pred = np.where(probs[:, 0] >= 0.5, 0, 1)
     assert m["precision"] == pytest.approx(skm.precision_score(y, pred, pos_label=0))
     assert m["recall"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
@@ -135,30 +139,6 @@ def test_report_text_names_classes():
     assert all(name in text for name in MULTI_NAMES)
 
 
-def test_threshold_number_and_prior_policies():
-    assert choose_threshold("0.5", train_prior=0.3) == 0.5
-    assert choose_threshold("0.25", train_prior=0.3) == 0.25
-    y_train = np.array([0, 0, 0, 1, 1, 0, 0, 1])
-    assert choose_threshold("prior", train_prior=y_train.mean()) == pytest.approx(3 / 8)
-    with pytest.raises(UserError):
-        choose_threshold("1.5", train_prior=0.3)
-    with pytest.raises(UserError):
-        choose_threshold("prior", train_prior=0.0)
-
-
-def test_tuned_threshold_maximises_f1_by_brute_force():
-    y, probs = _binary(n=200, seed=3)
-    scores = probs[:, 1]
-    t = choose_threshold("tuned", train_prior=0.3, val_true=y, val_scores=scores)
-    assert t in set(scores)  # achievable: one of the validation scores
-    best_f1 = max(skm.f1_score(y, scores >= c) for c in np.unique(scores))
-    assert skm.f1_score(y, scores >= t) == pytest.approx(best_f1)
-    # ties go to the smallest threshold with the best F1
-    assert t == min(c for c in np.unique(scores) if skm.f1_score(y, scores >= c) == pytest.approx(best_f1))
-    # the metrics use the same ">=" rule, so the tuned F1 is reproduced exactly
-    assert classification_metrics(y, probs, BINARY_NAMES, threshold=t)["f1"] == pytest.approx(best_f1)
-
-
 def test_ece_small_when_calibrated_large_when_overconfident():
     rng = np.random.default_rng(0)
     n = 20000
@@ -180,7 +160,7 @@ def test_top_losses_are_highest_cross_entropy():
     idx = top_losses(y, probs, 5)
     ce = -np.log(probs[np.arange(len(y)), y])
     np.testing.assert_array_equal(idx, np.argsort(-ce)[:5])
-    assert all(predict_labels(probs)[i] != y[i] for i in idx)
+    assert all(probs[i].argmax() != y[i] for i in idx)
     title = top_loss_titles(y, probs, MULTI_NAMES, idx[:1])[0]
     assert title.startswith(f"true: {MULTI_NAMES[y[idx[0]]]} / pred: ") and "(p=0." in title
 

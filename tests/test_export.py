@@ -440,8 +440,8 @@ def test_load_export_for_predict(binary_export, binary_run, multi_export, multi_
     paths, pixels, expected = keras_reference(binary_run)
     exported = load_export(binary_export.path.parent)  # the model folder: its highest version
     assert exported.path == binary_export.path
-    assert exported.class_names == ("blue", "red") and exported.positive_index == 0
-    assert exported.threshold == pytest.approx(binary_export.metadata["threshold"]["value"])
+    assert exported.class_names == ("blue", "red") and exported.rule.positive_index == 0
+    assert exported.rule.value == pytest.approx(binary_export.metadata["threshold"]["value"])
     probs = exported.predict_bytes([Path(p).read_bytes() for p in paths])
     assert np.max(np.abs(probs - expected)) <= TOLERANCE
     good, via_predict, bad = predict_files(exported, [Path(p) for p in paths], batch_size=4)

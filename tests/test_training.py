@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from tfpipeline.cli import main
 from tfpipeline.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tfpipeline.data import load_data
-from tfpipeline.evaluation.metrics import choose_threshold
+from tfpipeline.decision import best_f1_threshold
 from tfpipeline.evaluation.run_report import class_probabilities, predict_split, write_run_report
 from tfpipeline.training import RunFolder, train
 from tfpipeline.training.fit import class_weights
@@ -111,12 +111,7 @@ def test_prior_and_tuned_thresholds(image_folder, make_images):
     assert metrics["val"]["threshold"] == pytest.approx(14 / 22)
 
     tuned = write_run_report(prior_run.run, prior_run.history, preds, info, "tuned")
-    expected = choose_threshold(
-        "tuned",
-        train_prior=info.train_prior,
-        val_true=preds["val"].y_true,
-        val_scores=preds["val"].probs[:, 1],
-    )
+    expected = best_f1_threshold(preds["val"].y_true == 1, preds["val"].probs[:, 1])
     assert tuned["threshold"]["value"] == pytest.approx(expected)
 
 
@@ -240,7 +235,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(image_folder, tmp_pa
 
     interrupted_config = replace(config, train=replace(config.train, run_dir=str(tmp_path / "b")))
     with pytest.raises(KeyboardInterrupt):
-        train(interrupted_config, extra_callbacks=[lambda bundle, run: _StopAfter(0)], verbose=0)
+        train(interrupted_config, extra_callbacks=[lambda bundle, run, prepared: _StopAfter(0)], verbose=0)
     run = only_run(tmp_path / "b")
     assert json.loads(run.run_file.read_text())["status"] == "interrupted"
     assert len(pd.read_csv(run.history_file)) == 1

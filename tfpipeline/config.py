@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from tfpipeline.decision import check_policy
 from tfpipeline.errors import UserError
 
 RESIZE_METHODS = ("stretch", "crop", "pad")
@@ -174,15 +175,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, ("sgd", "adam", "adamw"))
         _choice("schedule", self.schedule, ("none", "cosine", "plateau"))
         _choice("class_weight", self.class_weight, ("none", "balanced"))
-        if self.threshold not in ("prior", "tuned"):
-            try:
-                value = float(self.threshold)
-            except ValueError:
-                value = -1.0
-            if not 0.0 < value < 1.0:
-                raise UserError(
-                    f"--threshold must be prior, tuned or a number in (0, 1); got '{self.threshold}'"
-                )
+        check_policy(self.threshold)
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.lr <= 0:

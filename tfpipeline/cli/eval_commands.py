@@ -52,7 +52,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         collect_inputs,
         load_predictor,
         predict_files,
-        predicted_indices,
         register_loader,
         submission_rows,
         write_submission,
@@ -69,7 +68,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files, probs, skipped = predict_files(
         predictor, paths, batch_size=args.batch_size, skip_bad=args.skip_bad
     )
-    labels = predicted_indices(predictor, probs)
+    labels = predictor.rule.predict(probs)
     if args.csv:
         rows = submission_rows(files, labels, predictor.class_names, args.label_format)
         out = write_submission(args.csv, rows)

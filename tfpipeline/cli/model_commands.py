@@ -40,21 +40,6 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _figures_callback(bundle, run):
-    from tfpipeline.evaluation.callbacks import EpochFigures
-    from tfpipeline.training.compile import resolve_threshold
-
-    config = run.read_config()
-    return EpochFigures(
-        run.tensorboard_dir,
-        bundle.val,
-        bundle.splits["val"].labels,
-        bundle.info.class_names,
-        bundle.info.positive_index,
-        resolve_threshold(config.train.threshold, bundle.info.train_prior),
-    )
-
-
 def format_metrics(metrics: dict) -> str:
     """One line per split with the headline numbers."""
     lines = []
@@ -67,8 +52,8 @@ def format_metrics(metrics: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tfpipeline.evaluation.run_report import predict_split, write_run_report
-    from tfpipeline.training import RunFolder, train
+    from tfpipeline.training import RunFolder
+    from tfpipeline.workflow import run_training
 
     run = None
     if args.resume:
@@ -76,28 +61,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resolve_run_config(args, base=_stored(run))
     else:
         config = resolve_run_config(args)
-    result = train(config, run=run, resume=run is not None, extra_callbacks=[_figures_callback])
-    info = result.bundle.info
-    predictions = {
-        split: predict_split(
-            result.model, dataset, result.bundle.splits[split].labels, info.num_classes, info.positive_index
-        )
-        for split, dataset in (("val", result.bundle.val), ("test", result.bundle.test))
-        if dataset is not None
-    }
-    metrics = write_run_report(result.run, result.history, predictions, info, config.train.threshold)
-    threshold = metrics["threshold"]
+    report_training(run_training(config, run=run, resume=run is not None))
+    return 0
+
+
+def report_training(result) -> None:
+    """Print where a finished run is and its headline numbers."""
+    metrics = result.metrics
     print(f"\nrun folder: {result.run.path}")
     print(
         f"trained {len(result.history)} epoch(s) in {result.train_seconds:.1f}s"
         + (" (stopped early)" if result.stopped_early else "")
         + f"; best epoch {metrics.get('best_epoch')} by {metrics.get('monitor')}"
     )
-    if threshold["value"] is not None:
-        value, policy, positive = threshold["value"], threshold["policy"], threshold["positive_class"]
-        print(f"decision threshold: {value:.4f} ({policy}) for '{positive}'")
+    if result.rule.binary:
+        print(f"decision {result.rule.describe()}")
     print(format_metrics(metrics))
-    return 0
 
 
 def _stored(run) -> dict:

@@ -125,15 +125,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _train_best(best_yaml: Path, result) -> int:
-    from tfpipeline.cli.model_commands import cmd_train
+    from tfpipeline.cli.model_commands import report_training
     from tfpipeline.tuning.search import fresh_session
+    from tfpipeline.workflow import run_training
 
     if not best_yaml.is_file():
         print("no trial finished; nothing to train")
         return 1
     fresh_session()
-    print(f"\nretraining the best trial through `tfpipeline train --config {best_yaml}`")
-    return cmd_train(argparse.Namespace(config=str(best_yaml), resume=None))
+    print(f"\nretraining the best trial like `tfpipeline train --config {best_yaml}`")
+    report_training(run_training(resolve_run_config(argparse.Namespace(config=str(best_yaml)))))
+    return 0
 
 
 def _continue_in_fresh_processes(args: argparse.Namespace, deadline: str | None) -> int:

@@ -20,7 +20,8 @@ import numpy as np
 from tfpipeline.config import DataConfig
 from tfpipeline.data.check import CheckReport, check_files
 from tfpipeline.data.pipeline import build_dataset
-from tfpipeline.data.sources import DataSource, Split, resolve_source
+from tfpipeline.data.sources import resolve_source
+from tfpipeline.data.split import DataSource, Split
 from tfpipeline.errors import UserError
 
 __all__ = ["DataBundle", "DataInfo", "load_data", "resolve_source", "check_source", "build_dataset"]

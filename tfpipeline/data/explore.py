@@ -23,7 +23,7 @@ from PIL import Image
 from tfpipeline.config import DataConfig
 from tfpipeline.data import check_source, resolve_positive
 from tfpipeline.data.pipeline import decoded_images
-from tfpipeline.data.sources import DataSource, Split
+from tfpipeline.data.split import DataSource, Split
 
 
 def count_table(source: DataSource) -> pd.DataFrame:

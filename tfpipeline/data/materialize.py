@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tfpipeline.data.sources import DataSource
+from tfpipeline.data.split import DataSource
 from tfpipeline.errors import UserError
 
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfpipeline.config import AugmentConfig, DataConfig
 from tfpipeline.data.decode import encoded_to_pixels, match_channels, resize_image, scale_pixels
-from tfpipeline.data.sources import Split
+from tfpipeline.data.split import Split
 
 LABEL_MODES = ("int", "binary", "categorical")
 

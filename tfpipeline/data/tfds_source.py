@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfpipeline.config import DataConfig
-from tfpipeline.data.sources import DataSource, Split, stratified_split
+from tfpipeline.data.split import DataSource, Split, stratified_split
 from tfpipeline.errors import UserError
 
 

@@ -8,11 +8,9 @@ from typing import Any
 
 from tfpipeline.evaluation.metrics import (
     as_class_probs,
-    choose_threshold,
     classification_metrics,
     classification_report_text,
     expected_calibration_error,
-    predict_labels,
     reliability_table,
     top_loss_titles,
     top_losses,
@@ -32,7 +30,6 @@ from tfpipeline.evaluation.summary import write_summary
 
 __all__ = [
     "as_class_probs",
-    "choose_threshold",
     "classification_metrics",
     "compare_runs",
     "classification_report_text",
@@ -52,7 +49,6 @@ __all__ = [
     "plot_reliability_diagram",
     "plot_roc",
     "predict_files",
-    "predict_labels",
     "reliability_table",
     "save_figure",
     "top_loss_titles",

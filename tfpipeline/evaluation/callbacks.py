@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline.evaluation.metrics import predict_labels
+from tfpipeline.decision import DecisionRule
 from tfpipeline.evaluation.plots import figure_to_png_bytes, plot_confusion_matrix, plot_roc
 from tfpipeline.evaluation.run_report import class_probabilities
 
@@ -23,23 +23,21 @@ class EpochFigures(keras.callbacks.Callback):
         dataset: ordered validation dataset.
         labels: class indices matching `dataset`'s order.
         class_names: names for axes and legends.
-        positive_index: binary positive class index (None for multi-class).
-        threshold: binary decision threshold for the confusion matrix.
+        rule: the decision rule of the epoch metrics (its threshold as logged while training).
     """
 
-    def __init__(self, log_dir, dataset, labels, class_names, positive_index=None, threshold=0.5):
+    def __init__(self, log_dir, dataset, labels, class_names, rule: DecisionRule):
         super().__init__()
         self.writer = tf.summary.create_file_writer(str(log_dir) + "/validation_figures")
         self.dataset, self.labels = dataset, np.asarray(labels)
-        self.class_names, self.positive_index, self.threshold = list(class_names), positive_index, threshold
+        self.class_names, self.rule = list(class_names), rule
 
     def on_epoch_end(self, epoch, logs=None):
         raw = self.model.predict(self.dataset, verbose=0)
-        probs = class_probabilities(raw, len(self.class_names), self.positive_index)
-        index = self.positive_index if self.positive_index is not None else 1
-        y_pred = predict_labels(probs, positive_index=index, threshold=self.threshold)
+        probs = class_probabilities(raw, len(self.class_names), self.rule.positive_index)
+        y_pred = self.rule.predict(probs)
         figures = {
-            "roc": plot_roc(self.labels, probs, self.class_names, index),
+            "roc": plot_roc(self.labels, probs, self.class_names, self.rule.metric_index),
             "confusion_matrix": plot_confusion_matrix(self.labels, y_pred, self.class_names),
         }
         with self.writer.as_default(step=epoch):

@@ -1,7 +1,7 @@
 """`tfpipeline evaluate`: re-evaluate a finished run's best checkpoint on one split.
 
 The run folder supplies everything: the checkpoint, the config (so the data is rebuilt exactly
-as training built it), the pixel scaling from run.json and the binary decision threshold from
+as training built it), the pixel scaling from run.json and the decision rule from
 metrics.json (so the numbers agree with what training reported). Output goes to
 `RUN/evaluation/<split>/`: classification_report.txt, metrics.json, confusion_matrix.png,
 roc.png, precision_recall.png, reliability.png, top_losses.png, gradcam.png and summary.md.
@@ -68,7 +68,6 @@ def evaluate_run(
     from tfpipeline.evaluation.metrics import (
         classification_metrics,
         classification_report_text,
-        predict_labels,
     )
     from tfpipeline.evaluation.plots import (
         plot_confusion_matrix,
@@ -101,21 +100,19 @@ def evaluate_run(
     probs = class_probabilities(
         model.predict(dataset, verbose=0), context.num_classes, context.positive_index
     )
-    rule = {"positive_index": context.metric_index}
-    if context.threshold is not None:
-        rule["threshold"] = context.threshold
+    rule = context.rule
     names = list(context.class_names)
-    y_pred = predict_labels(probs, **rule)
+    y_pred = rule.predict(probs)
 
     metrics = {
         "run": str(context.run.path),
         "split": split,
         "data": bundle.info.location,
         "checkpoint": str(context.run.model_checkpoint().relative_to(context.run.path)),
-        **classification_metrics(y_true, probs, names, **rule),
+        **classification_metrics(y_true, probs, names, rule=rule),
     }
     metrics["calibration"] = {"ece": metrics["ece"], "bins": ECE_BINS, "table": _calibration(y_true, probs)}
-    report = classification_report_text(y_true, probs, names, **rule)
+    report = classification_report_text(y_true, probs, names, rule=rule)
 
     files = {
         "classification_report": out_dir / "classification_report.txt",
@@ -125,8 +122,8 @@ def evaluate_run(
     files["metrics"].write_text(json.dumps(metrics, indent=2))
     figures = {
         "confusion_matrix": lambda: plot_confusion_matrix(y_true, y_pred, names),
-        "roc": lambda: plot_roc(y_true, probs, names, context.metric_index),
-        "precision_recall": lambda: plot_precision_recall(y_true, probs, names, context.metric_index),
+        "roc": lambda: plot_roc(y_true, probs, names, rule.metric_index),
+        "precision_recall": lambda: plot_precision_recall(y_true, probs, names, rule.metric_index),
         "reliability": lambda: plot_reliability_diagram(y_true, probs, ECE_BINS),
     }
     for name, make in figures.items():
@@ -302,7 +299,7 @@ def summary_facts(context: RunContext, data_info, split: str, metrics: dict[str,
         "val_metrics": val_metrics,
         "test_metrics": scalars if split == "test" else None,
     }
-    if context.threshold is not None:
-        facts["threshold_policy"] = config.train.threshold
-        facts["threshold"] = context.threshold
+    if context.rule.binary:
+        facts["threshold_policy"] = context.rule.policy
+        facts["threshold"] = context.rule.value
     return {k: v for k, v in facts.items() if v is not None}

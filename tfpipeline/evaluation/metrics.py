@@ -6,8 +6,9 @@ Conventions shared by the whole evaluation package:
 * `probs` is a float array of class probabilities, shape (N, K). Binary tasks use K=2 with
   column `positive_index` holding the positive class; :func:`as_class_probs` turns a sigmoid
   output (N, 1) into that form.
-* A binary prediction is positive when `probs[:, positive_index] >= threshold` (the same rule
-  `sklearn.metrics.precision_recall_curve` uses, so a tuned threshold is reproduced exactly).
+* Predicted classes come from a :class:`~tfpipeline.decision.DecisionRule` (binary: positive
+  when `probs[:, positive_index] >= threshold`; multi-class: argmax). Without one, the default
+  rule applies: threshold 0.5 on the second class.
 * Undefined metrics (an AUC when y_true holds a single class) are `None`, never NaN or an error.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from tfpipeline.errors import UserError
+from tfpipeline.decision import DecisionRule
 
 TOP_K = (3, 5)
 
@@ -44,68 +45,15 @@ def as_class_probs(raw_model_output: Any, num_classes: int) -> np.ndarray:
     return out
 
 
-def predict_labels(probs: Any, *, positive_index: int = 1, threshold: float = 0.5) -> np.ndarray:
-    """Predicted class indices: thresholded positive score for K=2, argmax otherwise."""
-    probs = _check_probs(probs)
-    if probs.shape[1] == 2:
-        negative_index = 1 - positive_index
-        positive = probs[:, positive_index] >= threshold
-        return np.where(positive, positive_index, negative_index).astype(np.int64)
-    return np.argmax(probs, axis=1).astype(np.int64)
-
-
-def choose_threshold(
-    policy: str,
-    *,
-    train_prior: float,
-    val_true: Any = None,
-    val_scores: Any = None,
-    positive_index: int = 1,
-) -> float:
-    """Decision threshold on the positive-class probability for a binary task.
-
-    Args:
-        policy: a number in (0, 1) given as a string (`"0.5"`) -> that number;
-            `"prior"` -> `train_prior`, the positive-class share of the training set;
-            `"tuned"` -> the threshold maximising F1 of the positive class on validation.
-        train_prior: positive-class share of the training set.
-        val_true: validation class indices (needed for `"tuned"`).
-        val_scores: validation positive-class probabilities (N,), or (N, 2) class probabilities.
-        positive_index: which class index in `val_true` is the positive class.
-
-    For `"tuned"` the candidates are the thresholds of `sklearn.metrics.precision_recall_curve`,
-    i.e. the distinct validation scores, so the returned value is achievable: predicting positive
-    when `score >= threshold` gives exactly the best F1. Ties go to the smallest such threshold
-    (the one with the highest recall among equally good choices).
-    """
-    if policy == "prior":
-        if not 0.0 < train_prior < 1.0:
-            raise UserError(
-                f"--threshold prior needs both classes in the training set (positive share {train_prior})"
+def default_rule(class_names: Sequence[str], rule: DecisionRule | None) -> DecisionRule:
+    """`rule`, or the default one (0.5 on the second class) for these classes."""
+    if rule is not None:
+        if rule.binary != (len(class_names) == 2):
+            raise ValueError(
+                f"a {'binary' if rule.binary else 'multi-class'} rule for {len(class_names)} classes"
             )
-        return float(train_prior)
-    if policy == "tuned":
-        if val_true is None or val_scores is None:
-            raise ValueError("the 'tuned' threshold needs val_true and val_scores")
-        scores = np.asarray(val_scores, dtype=np.float64)
-        if scores.ndim == 2:
-            scores = scores[:, positive_index]
-        positives = np.asarray(val_true) == positive_index
-        if positives.all() or not positives.any():
-            raise UserError("--threshold tuned needs both classes in the validation set")
-        precision, recall, thresholds = skm.precision_recall_curve(positives, scores)
-        precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
-        denom = precision + recall
-        f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
-        best = f1 == f1.max()
-        return float(thresholds[best].min())
-    try:
-        value = float(policy)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value < 1.0:
-        raise UserError(f"--threshold must be prior, tuned or a number in (0, 1); got '{policy}'")
-    return value
+        return rule
+    return DecisionRule.for_classes("0.5", class_names)
 
 
 def classification_metrics(
@@ -113,27 +61,28 @@ def classification_metrics(
     probs: Any,
     class_names: Sequence[str],
     *,
-    positive_index: int = 1,
-    threshold: float = 0.5,
+    rule: DecisionRule | None = None,
 ) -> dict[str, Any]:
-    """Headline metrics as plain Python values (JSON-ready).
+    """Headline metrics as plain Python values (JSON-ready), under `rule` (default: 0.5 on class 1).
 
-    Binary (K=2): accuracy, precision, recall, f1 (positive class at `threshold`), roc_auc,
+    Binary (K=2): accuracy, precision, recall, f1 (positive class at the rule's threshold), roc_auc,
     pr_auc (average precision), threshold, positive_class, log_loss, ece, support,
     confusion_matrix. Multi-class: accuracy, macro precision/recall/f1, top3/top5_accuracy (when
     K > k), macro one-vs-rest roc_auc, log_loss, ece, per_class {name: precision, recall, f1,
     support, roc_auc}, support, confusion_matrix. The confusion matrix has true classes as rows.
     """
     y_true, probs = _check(y_true, probs, class_names)
+    rule = default_rule(class_names, rule)
     k = probs.shape[1]
     labels = list(range(k))
-    y_pred = predict_labels(probs, positive_index=positive_index, threshold=threshold)
+    y_pred = rule.predict(probs)
     cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
     out: dict[str, Any] = {
         "num_samples": int(len(y_true)),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
     }
     if k == 2:
+        positive_index = rule.positive_index
         scores = probs[:, positive_index]
         positives = y_true == positive_index
         both = bool(positives.any() and not positives.all())
@@ -146,7 +95,7 @@ def classification_metrics(
             f1=float(prf[2][0]),
             roc_auc=float(skm.roc_auc_score(positives, scores)) if both else None,
             pr_auc=float(skm.average_precision_score(positives, scores)) if both else None,
-            threshold=float(threshold),
+            threshold=float(rule.value),
             positive_class=str(class_names[positive_index]),
         )
     else:
@@ -191,12 +140,11 @@ def classification_report_text(
     probs: Any,
     class_names: Sequence[str],
     *,
-    positive_index: int = 1,
-    threshold: float = 0.5,
+    rule: DecisionRule | None = None,
 ) -> str:
     """scikit-learn's text `classification_report`, with class names and the same decision rule."""
     y_true, probs = _check(y_true, probs, class_names)
-    y_pred = predict_labels(probs, positive_index=positive_index, threshold=threshold)
+    y_pred = default_rule(class_names, rule).predict(probs)
     return skm.classification_report(
         y_true,
         y_pred,

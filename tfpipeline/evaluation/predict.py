@@ -1,6 +1,6 @@
 """`tfpipeline predict`: class predictions for image files, preprocessed exactly as in training.
 
-A *predictor* is anything with `class_names`, `positive_index`, `threshold`, a `preprocess`
+A *predictor* is anything with `class_names`, a decision `rule`, a `preprocess`
 (one encoded file's bytes -> one model input, TensorFlow ops only, so it runs inside tf.data)
 and `__call__` (a batch of model inputs -> (N, K) class probabilities in class-name order).
 :func:`load_predictor` picks a loader by looking at the folder; run folders are built in, and
@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tfpipeline.data.sources import IMAGE_EXTENSIONS
+from tfpipeline.decision import DecisionRule
 from tfpipeline.errors import UserError
 from tfpipeline.evaluation.run_context import ServingSpec
 
@@ -34,8 +35,7 @@ class Predictor(Protocol):
     """
 
     class_names: tuple[str, ...]
-    positive_index: int | None
-    threshold: float | None
+    rule: DecisionRule
 
     def preprocess(self, contents: Any) -> Any: ...
 
@@ -54,12 +54,8 @@ class RunPredictor:
         return self.spec.class_names
 
     @property
-    def positive_index(self) -> int | None:
-        return self.spec.positive_index
-
-    @property
-    def threshold(self) -> float | None:
-        return self.spec.threshold
+    def rule(self) -> DecisionRule:
+        return self.spec.rule
 
     @property
     def decode_check(self) -> tuple[int, tuple[int, int]]:
@@ -78,7 +74,7 @@ class RunPredictor:
         from tfpipeline.evaluation.run_report import class_probabilities
 
         raw = self.model.predict_on_batch(batch)
-        return class_probabilities(np.asarray(raw), len(self.class_names), self.positive_index)
+        return class_probabilities(np.asarray(raw), len(self.class_names), self.rule.positive_index)
 
 
 def load_run_predictor(path: Path) -> RunPredictor:
@@ -195,16 +191,6 @@ def predict_files(
             f"cannot read image {culprit} (or a file near it): {exc.message.splitlines()[0]}"
         ) from None
     return good, np.concatenate(outputs), [p for p in paths if p in bad]
-
-
-def predicted_indices(predictor: Predictor, probs: np.ndarray) -> np.ndarray:
-    """Class indices: the run's threshold on the positive class for binary, argmax otherwise."""
-    from tfpipeline.evaluation.metrics import predict_labels
-
-    if predictor.positive_index is not None and probs.shape[1] == 2:
-        threshold = predictor.threshold if predictor.threshold is not None else 0.5
-        return predict_labels(probs, positive_index=predictor.positive_index, threshold=threshold)
-    return np.argmax(probs, axis=1)
 
 
 def submission_rows(

@@ -1,7 +1,8 @@
 """What evaluate, compare, predict and export need to know about a finished run folder.
 
-A :class:`RunContext` gathers the run's config, run.json facts, class names, positive class,
-decision threshold and pixel scaling, so every consumer reads them the same way.
+A :class:`RunContext` gathers the run's config, run.json facts, class names, decision rule
+(:class:`~tfpipeline.decision.DecisionRule`) and pixel scaling, so every consumer reads them the
+same way.
 :class:`ServingSpec` is the subset that decides how images are preprocessed and predictions
 decided; `predict` and the export both use it.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tfpipeline.config import RunConfig
+from tfpipeline.decision import DecisionRule
 from tfpipeline.errors import UserError
 from tfpipeline.training.run_folder import RunFolder
 
@@ -27,8 +29,7 @@ class RunContext:
         info: run.json (status, scaling, input_shape, data summary, parameter counts, ...).
         metrics: metrics.json ({} when training did not finish).
         class_names: class order the model outputs (classes.json).
-        positive_index: index of the class the sigmoid scores (binary), else None.
-        threshold: binary decision threshold (metrics.json's), else None.
+        rule: the run's resolved decision rule (metrics.json's threshold).
         scaling: pixel range the model was trained on (`unit`, `symmetric`, `raw`).
     """
 
@@ -37,8 +38,7 @@ class RunContext:
     info: dict[str, Any]
     metrics: dict[str, Any]
     class_names: tuple[str, ...]
-    positive_index: int | None
-    threshold: float | None
+    rule: DecisionRule
     scaling: str
 
     @property
@@ -46,9 +46,8 @@ class RunContext:
         return len(self.class_names)
 
     @property
-    def metric_index(self) -> int:
-        """`positive_index` for the metric functions (which want an int even for multi-class)."""
-        return self.positive_index if self.positive_index is not None else 1
+    def positive_index(self) -> int | None:
+        return self.rule.positive_index
 
 
 def open_run(path: str | Path) -> RunContext:
@@ -65,40 +64,42 @@ def open_run(path: str | Path) -> RunContext:
     metrics = run.read_json("metrics.json") if run.metrics_file.is_file() else {}
     classes = run.read_json("classes.json")
     class_names = tuple(str(c) for c in classes["class_names"])
-    positive = classes.get("positive_class")
-    positive_index = class_names.index(positive) if positive is not None and len(class_names) == 2 else None
     return RunContext(
         run=run,
         config=config,
         info=info,
         metrics=metrics,
         class_names=class_names,
-        positive_index=positive_index,
-        threshold=run_threshold(run.path, config, info, metrics, positive_index),
+        rule=run_rule(run.path, config, info, metrics, class_names, classes.get("positive_class")),
         scaling=info.get("scaling") or resolve_scaling(config),
     )
 
 
-def run_threshold(where: Path, config: RunConfig, info: dict, metrics: dict, positive_index) -> float | None:
-    """The binary decision threshold the run reported (metrics.json `threshold.value`).
+def run_rule(
+    where: Path,
+    config: RunConfig,
+    info: dict,
+    metrics: dict,
+    class_names: tuple[str, ...],
+    positive_class: str | None,
+) -> DecisionRule:
+    """The decision rule the run reported (metrics.json `threshold`).
 
     Without metrics.json (an unfinished run) a numeric or `prior` policy can still be
-    reproduced; a `tuned` one cannot.
+    reproduced; a policy resolved on validation predictions (`tuned`, `recall:`, `fpr:`) cannot.
     """
-    if positive_index is None:
-        return None
-    value = (metrics.get("threshold") or {}).get("value")
-    if value is not None:
-        return float(value)
-    policy = config.train.threshold
-    if policy == "prior":
-        prior = (info.get("data") or {}).get("train_prior")
-        return float(prior) if prior is not None else 0.5
-    if policy == "tuned":
+    stored = metrics.get("threshold")
+    if stored and (stored.get("value") is not None or len(class_names) != 2):
+        return DecisionRule.from_json(stored, class_names)
+    rule = DecisionRule.for_classes(config.train.threshold, class_names, positive_class)
+    if rule.policy == "prior":
+        return rule.resolve(train_prior=(info.get("data") or {}).get("train_prior"))
+    if not rule.resolved:
         raise UserError(
-            f"{where}: no metrics.json, so the run's tuned threshold is unknown (did training finish?)"
+            f"{where}: no metrics.json, so the run's {rule.policy} threshold is unknown "
+            "(did training finish?)"
         )
-    return float(policy)
+    return rule
 
 
 def load_run_model(context: RunContext):
@@ -121,8 +122,7 @@ class ServingSpec:
 
     Attributes:
         class_names: output order of the model (K names).
-        positive_index: index of the class a binary model's sigmoid scores; None for K > 2.
-        threshold: binary decision threshold on the positive-class probability; None for K > 2.
+        rule: the resolved decision rule (threshold on the positive-class probability, or argmax).
         image_size: (height, width) the model takes.
         channels: 1 or 3.
         resize / interpolation: the run's resize method and interpolation.
@@ -130,8 +130,7 @@ class ServingSpec:
     """
 
     class_names: tuple[str, ...]
-    positive_index: int | None
-    threshold: float | None
+    rule: DecisionRule
     image_size: tuple[int, int]
     channels: int
     resize: str
@@ -140,7 +139,15 @@ class ServingSpec:
 
     @property
     def binary(self) -> bool:
-        return len(self.class_names) == 2
+        return self.rule.binary
+
+    @property
+    def positive_index(self) -> int | None:
+        return self.rule.positive_index
+
+    @property
+    def threshold(self) -> float | None:
+        return self.rule.value
 
     @property
     def pixel_shape(self) -> tuple[int, int, int]:
@@ -150,15 +157,9 @@ class ServingSpec:
     def from_context(cls, context: RunContext) -> ServingSpec:
         """The serving facts of an opened run."""
         data = context.config.data
-        binary = len(context.class_names) == 2
-        positive = context.positive_index if binary else None
-        if binary and positive is None:
-            positive = 1
-        threshold = context.threshold if binary else None
         return cls(
             class_names=tuple(context.class_names),
-            positive_index=positive,
-            threshold=float(threshold if threshold is not None else 0.5) if binary else None,
+            rule=context.rule,
             image_size=(int(data.image_size[0]), int(data.image_size[1])),
             channels=int(data.channels),
             resize=data.resize,

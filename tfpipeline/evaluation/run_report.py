@@ -1,8 +1,8 @@
 """Final metrics and figures of a trained run: what `tfpipeline train` writes at the end.
 
-Predictions are made once per split with the best checkpoint; the binary decision threshold is
-chosen by the run's policy (`0.5`/number, `prior`, `tuned` on validation) and then applied
-unchanged to the test split, so test numbers stay honest.
+Predictions are made once per split with the best checkpoint; the run's decision rule
+(:class:`~tfpipeline.decision.DecisionRule`) is resolved on the validation predictions and then
+applied unchanged to the test split, so test numbers stay honest.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tfpipeline.evaluation.metrics import choose_threshold, classification_metrics, predict_labels
+from tfpipeline.decision import DecisionRule
+from tfpipeline.evaluation.metrics import classification_metrics
 from tfpipeline.evaluation.plots import (
     plot_confusion_matrix,
     plot_learning_curves,
@@ -53,19 +54,10 @@ def predict_split(model, dataset, labels: np.ndarray, num_classes: int, positive
     return SplitPredictions(np.asarray(labels), class_probabilities(raw, num_classes, positive_index))
 
 
-def decide_threshold(
-    policy: str, train_prior: float | None, val: SplitPredictions, positive_index
-) -> float | None:
-    """The binary decision threshold for this run; None for multi-class tasks."""
-    if positive_index is None:
-        return None
-    return choose_threshold(
-        policy,
-        train_prior=train_prior if train_prior is not None else 0.5,
-        val_true=(val.y_true == positive_index).astype(int),
-        val_scores=val.probs[:, positive_index],
-        positive_index=1,
-    )
+def resolve_rule(policy: str, info, val: SplitPredictions) -> DecisionRule:
+    """The run's decision rule with its threshold resolved on the validation predictions."""
+    rule = DecisionRule.for_classes(policy, info.class_names, info.positive_class)
+    return rule.resolve(train_prior=info.train_prior, val_true=val.y_true, val_scores=val.probs)
 
 
 def write_run_report(
@@ -81,28 +73,22 @@ def write_run_report(
         policy: the threshold policy from the run's config.
     """
     class_names = list(info.class_names)
-    positive_index = info.positive_index
-    threshold = decide_threshold(policy, info.train_prior, predictions["val"], positive_index)
-    metrics: dict[str, Any] = {
-        "threshold": {"policy": policy, "value": threshold, "positive_class": info.positive_class},
-    }
+    rule = resolve_rule(policy, info, predictions["val"])
+    metrics: dict[str, Any] = {"threshold": rule.to_json()}
     run.plots_dir.mkdir(exist_ok=True)
     save_figure(plot_learning_curves(history), run.plots_dir / "learning_curves.png")
     for split, pred in predictions.items():
-        kwargs = {"positive_index": positive_index if positive_index is not None else 1}
-        if threshold is not None:
-            kwargs["threshold"] = threshold
-        metrics[split] = classification_metrics(pred.y_true, pred.probs, class_names, **kwargs)
-        y_pred = predict_labels(pred.probs, **kwargs)
+        metrics[split] = classification_metrics(pred.y_true, pred.probs, class_names, rule=rule)
         save_figure(
-            plot_confusion_matrix(pred.y_true, y_pred, class_names), run.plots_dir / f"confusion_{split}.png"
+            plot_confusion_matrix(pred.y_true, rule.predict(pred.probs), class_names),
+            run.plots_dir / f"confusion_{split}.png",
         )
         save_figure(
-            plot_roc(pred.y_true, pred.probs, class_names, kwargs["positive_index"]),
+            plot_roc(pred.y_true, pred.probs, class_names, rule.metric_index),
             run.plots_dir / f"roc_{split}.png",
         )
         save_figure(
-            plot_precision_recall(pred.y_true, pred.probs, class_names, kwargs["positive_index"]),
+            plot_precision_recall(pred.y_true, pred.probs, class_names, rule.metric_index),
             run.plots_dir / f"pr_{split}.png",
         )
     monitor = "val_auc" if "val_auc" in history else "val_accuracy"

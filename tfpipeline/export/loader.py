@@ -3,7 +3,7 @@
 :func:`load_export` accepts a version folder (`exports/small_cnn/3`) or a model folder
 (`exports/small_cnn`, meaning its highest version) of any export format. The returned object
 fits the predictor interface of :mod:`tfpipeline.evaluation.predict` (`class_names`,
-`positive_index`, `threshold`, `preprocess`, `__call__`) and also offers
+`rule`, `preprocess`, `__call__`) and also offers
 :meth:`ExportedModel.predict_bytes` for encoded files and :meth:`ExportedModel.predict_pixels`.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tfpipeline.decision import DecisionRule
 from tfpipeline.errors import UserError
 from tfpipeline.evaluation.run_context import ServingSpec
 from tfpipeline.export.archive import existing_versions
@@ -75,12 +76,8 @@ class ExportedModel:
         return self.spec.class_names
 
     @property
-    def positive_index(self) -> int | None:
-        return self.spec.positive_index
-
-    @property
-    def threshold(self) -> float | None:
-        return self.spec.threshold
+    def rule(self) -> DecisionRule:
+        return self.spec.rule
 
     @property
     def format(self) -> str:
@@ -143,17 +140,15 @@ class ExportedModel:
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class indices by the export's rule (thresholded positive score, or argmax)."""
-        from tfpipeline.export.tflite import decide
-
-        return decide(np.asarray(probs), self.spec)
+        return self.rule.predict(probs)
 
 
 def spec_from_metadata(meta: dict[str, Any]) -> ServingSpec:
     inp = meta["input"]
+    class_names = tuple(meta["class_names"])
     return ServingSpec(
-        class_names=tuple(meta["class_names"]),
-        positive_index=meta.get("positive_index"),
-        threshold=(meta.get("threshold") or {}).get("value"),
+        class_names=class_names,
+        rule=DecisionRule.from_json(meta.get("threshold"), class_names),
         image_size=(int(inp["image_size"][0]), int(inp["image_size"][1])),
         channels=int(inp["channels"]),
         resize=inp["resize"],

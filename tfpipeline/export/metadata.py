@@ -79,9 +79,8 @@ def build_metadata(context: Any, spec: Any, *, name: str, version: int, fmt: str
 
     config, info, metrics = context.config, context.info, context.metrics
     data_summary = dict(info.get("data") or {})
-    threshold = dict(metrics.get("threshold") or {})
     best_epoch = metrics.get("best_epoch")
-    positive = spec.class_names[spec.positive_index] if spec.positive_index is not None else None
+    positive = spec.rule.positive_class
     return {
         "schema_version": SCHEMA_VERSION,
         "format": fmt,
@@ -92,11 +91,7 @@ def build_metadata(context: Any, spec: Any, *, name: str, version: int, fmt: str
         "num_classes": len(spec.class_names),
         "positive_class": positive,
         "positive_index": spec.positive_index,
-        "threshold": {
-            "policy": threshold.get("policy", config.train.threshold) if spec.binary else None,
-            "value": spec.threshold,
-            "positive_class": positive,
-        },
+        "threshold": spec.rule.to_json(),
         "input": {
             "image_size": list(spec.image_size),
             "channels": spec.channels,

@@ -75,14 +75,6 @@ def keras_probabilities(model: Any, spec: ServingSpec, pixels: np.ndarray) -> np
     return class_probabilities(np.asarray(raw), len(spec.class_names), spec.positive_index)
 
 
-def decide(probs: np.ndarray, spec: ServingSpec) -> np.ndarray:
-    """Predicted class per row: thresholded positive score for binary, argmax otherwise."""
-    if spec.binary:
-        positive = probs[:, spec.positive_index] >= spec.threshold
-        return np.where(positive, spec.positive_index, 1 - spec.positive_index)
-    return np.argmax(probs, axis=1)
-
-
 def held_out_pixels(config: Any) -> tuple[np.ndarray, str]:
     """uint8 [N, H, W, C] of the run's val and test images, as training decoded them.
 
@@ -134,7 +126,7 @@ def agreement_report(
     reference = keras_probabilities(model, spec, pixels)
     if converted.shape != reference.shape or not np.all(np.isfinite(converted)):
         raise RuntimeError(f"the {what} model gives malformed or non-finite probabilities (a conversion bug)")
-    agree = decide(converted, spec) == decide(reference, spec)
+    agree = spec.rule.predict(converted) == spec.rule.predict(reference)
     return {
         "agreement_pct": round(100.0 * float(np.mean(agree)), 2),
         "num_images": int(len(pixels)),

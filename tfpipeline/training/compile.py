@@ -8,20 +8,6 @@ from tfpipeline.config import TrainConfig
 from tfpipeline.training.metrics import training_metrics
 
 
-def resolve_threshold(policy: str, train_prior: float | None) -> float:
-    """Decision threshold used by the per-epoch binary metrics.
-
-    `prior` is the positive share of train (the assessment's choice); a number is itself;
-    `tuned` can only be chosen after training (best F1 on validation), so epochs log at 0.5
-    and the final metrics use the tuned value.
-    """
-    if policy == "prior":
-        return float(train_prior) if train_prior is not None else 0.5
-    if policy == "tuned":
-        return 0.5
-    return float(policy)
-
-
 def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
     """SGD (with momentum), Adam or AdamW; cosine decay over the whole run when asked."""
     lr = config.lr
@@ -46,13 +32,14 @@ def compile_model(
     num_classes: int,
     *,
     steps_per_epoch: int,
-    threshold: float = 0.5,
+    threshold: float | None = None,
 ) -> keras.Model:
     """Compile `model` in place for training and return it.
 
     Args:
         steps_per_epoch: batches per epoch (sets the cosine schedule's length).
-        threshold: binary decision threshold for accuracy/precision/recall/F1.
+        threshold: binary decision threshold for accuracy/precision/recall/F1 while training
+            (the epoch rule's; None for multi-class models).
     """
     model.compile(
         optimizer=make_optimizer(config, config.epochs * steps_per_epoch),

@@ -8,8 +8,10 @@ return the best model. Evaluation artefacts (metrics.json, plots) are the evalua
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,9 +25,10 @@ import tensorflow as tf
 import tfpipeline
 from tfpipeline.config import RunConfig
 from tfpipeline.data import DataBundle, load_data
+from tfpipeline.decision import DecisionRule
 from tfpipeline.errors import UserError
-from tfpipeline.models import build_model, get_spec
-from tfpipeline.training.compile import compile_model, resolve_threshold
+from tfpipeline.models import build_model, get_spec, parameter_counts
+from tfpipeline.training.compile import compile_model
 from tfpipeline.training.metrics import monitor_metric
 from tfpipeline.training.run_folder import RunFolder
 
@@ -138,7 +141,7 @@ class Prepared:
     input_shape: tuple[int, int, int]
     num_classes: int
     steps_per_epoch: int
-    threshold: float
+    epoch_rule: DecisionRule  # the decision rule per-epoch metrics use (threshold known before training)
 
 
 def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prepared:
@@ -158,13 +161,15 @@ def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prep
         )
     scaling = resolve_scaling(config)
     bundle = load_data(config.data, scaling=scaling, epochs=epochs)
+    info = bundle.info
+    rule = DecisionRule.for_classes(config.train.threshold, info.class_names, info.positive_class)
     return Prepared(
         bundle=bundle,
         scaling=scaling,
         input_shape=(*config.data.image_size, config.data.channels),
         num_classes=bundle.info.num_classes,
         steps_per_epoch=math.ceil(len(bundle.splits["train"]) / config.data.batch_size),
-        threshold=resolve_threshold(config.train.threshold, bundle.info.train_prior),
+        epoch_rule=dataclasses.replace(rule, value=rule.epoch_threshold(info.train_prior)),
     )
 
 
@@ -176,7 +181,7 @@ def build_compiled_model(config: RunConfig, prepared: Prepared) -> keras.Model:
         config.train,
         prepared.num_classes,
         steps_per_epoch=prepared.steps_per_epoch,
-        threshold=prepared.threshold,
+        threshold=prepared.epoch_rule.value,
     )
 
 
@@ -205,8 +210,19 @@ def fit_model(
         shuffle=False,  # the tf.data pipeline shuffles (seeded)
         class_weight=weights,
         callbacks=list(callbacks),
-        verbose=verbose,
+        verbose=fit_verbosity(verbose),
     )
+
+
+def fit_verbosity(verbose: str | int) -> int:
+    """Keras `fit` verbosity: "auto" means a progress bar on a terminal, one line per epoch else.
+
+    Keras 3 itself maps "auto" to the progress bar everywhere, which fills log files (CI, nohup,
+    notebooks) with carriage returns and no readable per-epoch line.
+    """
+    if verbose != "auto":
+        return int(verbose)
+    return 1 if sys.stdout.isatty() else 2
 
 
 def completed_epochs(run: RunFolder) -> int:
@@ -223,7 +239,7 @@ def train(
     *,
     run: RunFolder | None = None,
     resume: bool = False,
-    extra_callbacks: Sequence[Callable[[DataBundle, RunFolder], keras.callbacks.Callback]] = (),
+    extra_callbacks: Sequence[Callable[[DataBundle, RunFolder, Prepared], keras.callbacks.Callback]] = (),
     verbose: str | int = "auto",
 ) -> TrainResult:
     """Fit `config.model` on `config.data` in a run folder and return the best model.
@@ -234,9 +250,10 @@ def train(
         resume: continue from the run's BackupAndRestore state and append to its history.
             With `--deterministic`, the same seed and no dropout/augmentation randomness, the
             resumed history equals an uninterrupted run's.
-        extra_callbacks: factories `(bundle, run) -> Callback` for more callbacks, e.g. the
-            evaluation stage's TensorBoard figures (they need the loaded data).
-        verbose: Keras verbosity ("auto": progress bar on a terminal, one line per epoch else).
+        extra_callbacks: factories `(bundle, run, prepared) -> Callback` for more callbacks, e.g.
+            the evaluation stage's TensorBoard figures (they need the loaded data).
+        verbose: Keras verbosity; "auto" is a progress bar on a terminal and one line per epoch
+            when stdout is a file or pipe (:func:`fit_verbosity`).
 
     Raises:
         UserError: for data or model problems, before any training starts.
@@ -251,6 +268,7 @@ def train(
     bundle = prepared.bundle
     model = build_compiled_model(config, prepared)
 
+    trainable, non_trainable = parameter_counts(model)
     run = run or RunFolder.create(config.train.run_dir, config.model.name)
     if not resume:
         run.write_config(config)
@@ -267,15 +285,15 @@ def train(
         scaling=prepared.scaling,
         input_shape=list(prepared.input_shape),
         data=bundle.info.summary(),
-        trainable_params=int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-        total_params=int(model.count_params()),
+        trainable_params=trainable,
+        total_params=trainable + non_trainable,
         tfpipeline_version=tfpipeline.__version__,
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
     )
 
     callbacks = make_callbacks(run, config, prepared.num_classes, resume)
-    callbacks += [make(bundle, run) for make in extra_callbacks]
+    callbacks += [make(bundle, run, prepared) for make in extra_callbacks]
     start = time.perf_counter()
     try:
         fit_model(model, config, prepared, callbacks, initial_epoch=first_epoch, verbose=verbose)

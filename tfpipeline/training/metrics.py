@@ -60,14 +60,17 @@ class MacroRecall(_MacroFromConfusion):
         super().__init__(num_classes, axis=1, name=name, **kwargs)
 
 
-def training_metrics(num_classes: int, threshold: float = 0.5) -> list[keras.metrics.Metric]:
+def training_metrics(num_classes: int, threshold: float | None = None) -> list[keras.metrics.Metric]:
     """The metric objects to compile a model with.
 
     Args:
         num_classes: 2 for a sigmoid (binary) head, more for softmax.
-        threshold: binary decision threshold for accuracy/precision/recall/F1.
+        threshold: binary decision threshold for accuracy/precision/recall/F1 (required for two
+            classes; see :meth:`tfpipeline.decision.DecisionRule.epoch_threshold`).
     """
     if num_classes == 2:
+        if threshold is None:
+            raise ValueError("binary training metrics need the epoch decision threshold")
         return [
             keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold),
             keras.metrics.Precision(thresholds=threshold, name="precision"),

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from tfpipeline.config import RunConfig
 from tfpipeline.data.pipeline import build_dataset, cache_path, decoded_images
-from tfpipeline.data.sources import Split
+from tfpipeline.data.split import Split
 from tfpipeline.training.fit import Prepared, build_compiled_model, fit_model, prepare
 from tfpipeline.tuning import space as space_module
 

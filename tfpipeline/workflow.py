@@ -1,0 +1,120 @@
+"""Library entry points that chain the stages: what `tfpipeline train` does, as one call.
+
+`run_training(config)` trains a model into a run folder (the training stage), then predicts
+the validation and test splits with the best checkpoint, resolves the run's decision rule on
+validation, and writes metrics.json and the standard plots (the evaluation stage). The CLI, the
+tuner's `--train-best` and the notebooks all call it, so every run folder made by any of them
+is complete.
+
+This module sits after training and evaluation in the stage order and imports both; nothing
+upstream imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import pandas as pd
+
+from tfpipeline.config import RunConfig
+from tfpipeline.data import DataBundle
+from tfpipeline.decision import DecisionRule
+from tfpipeline.training import RunFolder, train
+from tfpipeline.training.fit import Prepared
+
+
+@dataclass
+class RunResult:
+    """A finished run: its folder, model, data and final metrics.
+
+    Attributes:
+        run: the run folder (config.yaml, run.json, history.csv, checkpoints, metrics.json, plots).
+        config: the resolved configuration it was trained with.
+        model: the best checkpoint, loaded.
+        bundle: the data it was trained and evaluated on.
+        history: per-epoch metrics (history.csv).
+        metrics: metrics.json: `threshold`, `val`, `test` (when there is a test split), `best_epoch`.
+        rule: the resolved decision rule (binary threshold, or argmax).
+        train_seconds: wall-clock seconds spent in `fit`.
+        stopped_early: early stopping ended the run before `epochs`.
+    """
+
+    run: RunFolder
+    config: RunConfig
+    model: keras.Model
+    bundle: DataBundle
+    history: pd.DataFrame
+    metrics: dict[str, Any]
+    rule: DecisionRule
+    train_seconds: float
+    stopped_early: bool
+
+
+def _figures_callback(bundle: DataBundle, run: RunFolder, prepared: Prepared) -> keras.callbacks.Callback:
+    from tfpipeline.evaluation.callbacks import EpochFigures
+
+    return EpochFigures(
+        run.tensorboard_dir,
+        bundle.val,
+        bundle.splits["val"].labels,
+        bundle.info.class_names,
+        prepared.epoch_rule,
+    )
+
+
+def run_training(
+    config: RunConfig,
+    *,
+    run: RunFolder | None = None,
+    resume: bool = False,
+    extra_callbacks: Sequence[Callable[..., keras.callbacks.Callback]] = (),
+    verbose: str | int = "auto",
+) -> RunResult:
+    """Train `config` into a run folder and write its final metrics and plots.
+
+    Args:
+        config: the resolved run configuration.
+        run: an existing run folder to continue (with `resume=True`); a new one otherwise.
+        resume: continue from the run's BackupAndRestore state.
+        extra_callbacks: more callback factories `(bundle, run, prepared) -> Callback`.
+        verbose: Keras verbosity; "auto" is a progress bar on a terminal and one line per epoch
+            otherwise (see :func:`tfpipeline.training.fit.fit_verbosity`).
+
+    Returns:
+        The finished run with metrics.json's content.
+
+    Raises:
+        UserError: for data, model or option problems, before any training starts.
+    """
+    from tfpipeline.evaluation.run_report import predict_split, write_run_report
+
+    result = train(
+        config,
+        run=run,
+        resume=resume,
+        extra_callbacks=[_figures_callback, *extra_callbacks],
+        verbose=verbose,
+    )
+    info = result.bundle.info
+    predictions = {
+        split: predict_split(
+            result.model, dataset, result.bundle.splits[split].labels, info.num_classes, info.positive_index
+        )
+        for split, dataset in (("val", result.bundle.val), ("test", result.bundle.test))
+        if dataset is not None
+    }
+    metrics = write_run_report(result.run, result.history, predictions, info, config.train.threshold)
+    return RunResult(
+        run=result.run,
+        config=config,
+        model=result.model,
+        bundle=result.bundle,
+        history=result.history,
+        metrics=metrics,
+        rule=DecisionRule.from_json(metrics["threshold"], info.class_names),
+        train_seconds=result.train_seconds,
+        stopped_early=result.stopped_early,
+    )
