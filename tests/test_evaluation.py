@@ -363,6 +363,7 @@ def _facts(**overrides):
         "early_stopping": 0,
         "train_seconds": 42.5,
         "pretrained": False,
+        "pretrained_models": ["resnet50_head"],
         "augmentation": False,
         "class_weight": "none",
         "threshold_policy": "0.5",
@@ -382,7 +383,7 @@ def test_summary_has_numbers_and_advice():
         assert number in text
     lowered = text.lower()
     assert "overfitting" in lowered and "augmentation" in lowered  # 0.991 train vs 0.831 val
-    assert "pretrained" in lowered  # 750 training images, from scratch
+    assert "pretrained" in lowered and "`resnet50_head`" in text  # 750 training images, from scratch
     assert "class-weight balanced" in lowered  # 600 vs 150
     assert "temperature scaling" in lowered  # ECE 0.12
     assert "confusion_matrix" not in text and "num_samples" not in text

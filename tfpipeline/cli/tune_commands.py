@@ -54,7 +54,9 @@ def _base_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _project(args: argparse.Namespace) -> Path:
-    model = getattr(args, "model", None) or "small_cnn"
+    from tfpipeline.config import ModelConfig
+
+    model = getattr(args, "model", None) or ModelConfig().name
     return Path(args.directory) / (args.project_name or f"{model}_{args.tuner}")
 
 

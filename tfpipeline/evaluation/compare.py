@@ -1,7 +1,7 @@
 """`tfpipeline compare`: learning curves of several runs overlaid, and a table of their results.
 
-Each run gets a label (`--labels`, or one derived from its config: `vanilla`, `bn`, `dp`,
-`bn+dp` for small_cnn's batch-norm/dropout switches, the model name otherwise). Output: one
+Each run gets a label (`--labels`, or the registered model's label for its config: `vanilla`,
+`bn`, `dp`, `bn+dp` for small_cnn's batch-norm/dropout switches, the model name otherwise). Output: one
 `compare_<metric>.png` per metric (train dashed, val solid, one colour per run), and
 `comparison.csv` / `comparison.md` with one row per run.
 """
@@ -41,11 +41,11 @@ COLUMNS = {
 
 
 def run_label(config: RunConfig) -> str:
-    """Short label: small_cnn's regularisation (`vanilla`, `bn`, `dp`, `bn+dp`), else the model."""
-    if config.model.name != "small_cnn":
-        return config.model.name
-    parts = [name for name, on in (("bn", config.model.batchnorm), ("dp", config.model.dropout)) if on]
-    return "+".join(parts) or "vanilla"
+    """The model's own short label for a configuration (small_cnn: `vanilla`, `bn`, `dp`, `bn+dp`)."""
+    from tfpipeline.models import MODELS
+
+    spec = MODELS.get(config.model.name)
+    return spec.run_label(config.model) if spec else config.model.name
 
 
 def unique_labels(labels: Sequence[str]) -> list[str]:

@@ -229,12 +229,13 @@ def balanced_sample(y_true: np.ndarray, count: int, seed: int) -> np.ndarray:
 def _gradcam_figure(selection: _Selection, model, y_true, probs, y_pred, count: int, out_dir: Path) -> Path:
     from tfpipeline.evaluation.gradcam import find_last_conv_layer, gradcam_heatmaps, plot_gradcam_grid
     from tfpipeline.evaluation.plots import save_figure
+    from tfpipeline.models import get_spec
 
     context = selection.context
     chosen = balanced_sample(y_true, count, context.config.data.seed)
     inputs = selection.images(chosen)
     targets = gradcam_class_targets(y_pred[chosen], context.positive_index)
-    path = find_last_conv_layer(model)
+    path = get_spec(context.config.model.name).gradcam_layer or find_last_conv_layer(model)
     heatmaps = np.concatenate(
         [
             gradcam_heatmaps(
@@ -263,7 +264,10 @@ def summary_facts(context: RunContext, data_info, split: str, metrics: dict[str,
     """The facts `write_summary` needs, from run.json, the config, history.csv and the metrics."""
     import pandas as pd
 
+    from tfpipeline.models import MODELS, get_spec
+
     config, info = context.config, context.info
+    spec = get_spec(config.model.name)
     history = pd.read_csv(context.run.history_file) if context.run.history_file.is_file() else pd.DataFrame()
     train_metrics = {}
     if len(history):
@@ -282,7 +286,8 @@ def summary_facts(context: RunContext, data_info, split: str, metrics: dict[str,
         "model_name": config.model.name,
         "model_params": int(info.get("total_params") or 0),
         "trainable_params": info.get("trainable_params"),
-        "pretrained": config.model.name == "resnet50_head" and config.model.weights.lower() != "none",
+        "pretrained": spec.pretrained(config.model),
+        "pretrained_models": [name for name, other in MODELS.items() if other.can_be_pretrained],
         "image_size": list(config.data.image_size),
         "epochs_run": int(info.get("epochs_run") or len(history)),
         "epochs_planned": config.train.epochs,

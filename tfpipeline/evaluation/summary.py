@@ -19,6 +19,7 @@ Optional keys
     image_size          [h, w]
     trainable_params    int
     pretrained          bool    the backbone starts from pretrained weights
+    pretrained_models   list    registered models that can start from pretrained weights
     epochs_planned      int     the `--epochs` budget
     schedule            str     `none`, `cosine`, `plateau`
     early_stopping      int     patience in epochs, 0 = off
@@ -173,8 +174,10 @@ def _next(facts: Mapping[str, Any]) -> str:
                 "learning rate or use a bigger model."
             )
     n_train = _total(facts["split_counts"].get("train"))
-    if n_train is not None and n_train < SMALL_TRAIN_SET and not facts.get("pretrained"):
-        ideas.append(f"Only {n_train} training images: start from a pretrained model (`resnet50_head`).")
+    candidates = facts.get("pretrained_models") or []
+    if n_train is not None and n_train < SMALL_TRAIN_SET and not facts.get("pretrained") and candidates:
+        names = ", ".join(f"`{name}`" for name in candidates)
+        ideas.append(f"Only {n_train} training images: start from a pretrained model ({names}).")
     train_counts = facts["split_counts"].get("train")
     if isinstance(train_counts, Mapping) and len(train_counts) > 1:
         low, high = min(train_counts.values()), max(train_counts.values())

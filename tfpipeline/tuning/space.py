@@ -9,7 +9,8 @@ A search space is a mapping of hyperparameter names to declarations, in the same
 - `when: {PARENT: [values]}` makes it conditional (`dropout_rate` only when `dropout` is on);
 - a plain value fixes it.
 
-Every name sets one RunConfig field (see `hparams.TARGETS`; `filters_<i>` / `dense_<i>` set element i
+Each registered model declares its space in its registry entry (`ModelSpec.search_space`). Every
+name sets one RunConfig field (see `hparams.TARGETS`; `filters_<i>` / `dense_<i>` set element i
 of `model.filters` / `model.dense_units`), so a trial's values become a RunConfig of the same
 dataclasses with `dataclasses.replace` (:func:`apply_values`); the model builders never know
 they are being tuned. A `--space` file overrides declarations by name (unknown names are an
@@ -38,61 +39,28 @@ from tfpipeline.tuning.hparams import (
 
 RESERVED = ("tune_only",)
 
-_COMMON: dict[str, Any] = {
-    "lr": {"min": 1e-4, "max": 1e-1, "sampling": "log"},
-    "optimizer": ["sgd", "adam"],
-    "batch_size": [16, 32, 64],
-    "flip": [False, True],
-    "rotation": [0.0, 0.05, 0.1],
-    "zoom": [0.0, 0.1, 0.2],
-}
-_DROPOUT: dict[str, Any] = {
-    "dropout": [False, True],
-    "dropout_rate": {"min": 0.1, "max": 0.5, "step": 0.1, "when": {"dropout": [True]}},
-}
-
-# THE search space of each registered model (add an entry when registering a model).
-SPACES: dict[str, dict[str, Any]] = {
-    "small_cnn": {
-        "filters_1": [8, 16, 32],
-        "filters_2": [16, 32, 64],
-        "filters_3": [32, 64, 128],
-        "filters_4": [32, 64, 128],
-        "dense_1": [64, 128, 256],
-        "dense_2": [32, 64, 128],
-        "dense_3": [16, 32, 64],
-        "batchnorm": [False, True],
-        **_DROPOUT,
-        **_COMMON,
-    },
-    "keras_cnn": {
-        "filters_1": [16, 32, 64],
-        "filters_2": [16, 32, 64],
-        "dense_1": [64, 128, 256],
-        "batchnorm": [False, True],
-        **_DROPOUT,
-        **_COMMON,
-    },
-    "resnet50_head": {
-        "dense_1": [128, 256, 512],
-        "dense_2": [32, 64, 128],
-        **_DROPOUT,
-        "fine_tune_layers": [0, 10, 30],
-        **_COMMON,
-    },
-}
 # Names a --space file may add to any model's space (off in the defaults).
 EXTRA = ("momentum", "schedule", "label_smoothing", "l2", "translation", "brightness", "contrast")
 
 
+def declared_space(model: str) -> dict[str, Any]:
+    """The model's own search space, as its registry entry declares it."""
+    from tfpipeline.models import MODELS, get_spec
+
+    declared = get_spec(model).search_space
+    if not declared:
+        tunable = sorted(name for name, spec in MODELS.items() if spec.search_space)
+        raise UserError(f"model '{model}' declares no search space; tunable models: {', '.join(tunable)}")
+    return declared
+
+
 def allowed_names(model: str) -> list[str]:
-    return list(SPACES[model]) + [n for n in EXTRA if n not in SPACES[model]]
+    declared = declared_space(model)
+    return list(declared) + [n for n in EXTRA if n not in declared]
 
 
 def default_space(model: str) -> dict[str, HyperParam]:
-    if model not in SPACES:
-        raise UserError(f"no search space declared for model '{model}'; known: {', '.join(sorted(SPACES))}")
-    return {name: parse_param(name, spec, f"{model} space") for name, spec in SPACES[model].items()}
+    return {name: parse_param(name, spec, f"{model} space") for name, spec in declared_space(model).items()}
 
 
 def load_space(
