@@ -123,9 +123,9 @@ def wait_for_chief(timeout: float) -> None:
 
 def limit_rpc_wait(seconds: float) -> None:
     """KerasTuner's client waits 60 min per call for an absent chief; use `seconds` instead."""
-    from keras_tuner.src.distribute import oracle_client
+    from tfpipeline.tuning import kt_compat
 
-    oracle_client.TIMEOUT = seconds
+    kt_compat.set_rpc_timeout(seconds)
 
 
 @dataclass
@@ -140,25 +140,24 @@ def serve(oracle, settings: DistributedSettings) -> ServeReport:
     from concurrent import futures
 
     import grpc
-    from keras_tuner.src import protos
-    from keras_tuner.src.distribute import oracle_chief
-    from keras_tuner.src.engine import trial as trial_module
+
+    from tfpipeline.tuning import kt_compat
 
     lock = threading.Lock()
     seen: set[str] = set()
     stopped: set[str] = set()
 
-    class Servicer(oracle_chief.OracleServicer):
+    class Servicer(kt_compat.OracleServicer):
         def CreateTrial(self, request, context):  # noqa: N802 (gRPC method name)
             trial = self.oracle.create_trial(request.tuner_id)
             with lock:
                 seen.add(request.tuner_id)
-                if trial.status == trial_module.TrialStatus.STOPPED:
+                if trial.status == kt_compat.TrialStatus.STOPPED:
                     stopped.add(request.tuner_id)
                     self.stop_triggered = True
-            if trial.status == trial_module.TrialStatus.RUNNING:
+            if trial.status == kt_compat.TrialStatus.RUNNING:
                 print(f"chief: trial {trial.trial_id} -> {request.tuner_id}", flush=True)
-            return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
+            return kt_compat.create_trial_response(trial)
 
         def EndTrial(self, request, context):  # noqa: N802
             response = super().EndTrial(request, context)
@@ -169,7 +168,7 @@ def serve(oracle, settings: DistributedSettings) -> ServeReport:
 
     servicer = Servicer(oracle)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    kt_compat.add_servicer(servicer, server)
     address = chief_address()
     if not server.add_insecure_port(address):
         raise UserError(f"chief cannot listen on {address} (port in use, or not this machine's address?)")
@@ -185,7 +184,7 @@ def serve(oracle, settings: DistributedSettings) -> ServeReport:
             with lock:
                 finished = (
                     servicer.stop_triggered
-                    and oracle_chief.exit_chief(oracle)
+                    and kt_compat.chief_finished(oracle)
                     and stopped >= seen
                     and len(stopped) >= settings.num_workers
                 )

@@ -10,7 +10,9 @@ the same id and values. Fixed here (keras-tuner #439/#987/#1055 territory):
 - a RUNNING trial missing from `ongoing_trials` (killed between KerasTuner's two state writes)
   is re-queued too, instead of counting as a trial forever;
 - a re-queued trial's partial metrics are cleared, so the re-run starts clean;
-- GridSearch's place in the grid (`_ordered_ids`, `_populate_next`) is saved and restored.
+- GridSearch's place in the grid is saved and restored.
+
+KerasTuner internals are reached only through :mod:`~tfpipeline.tuning.kt_compat`.
 
 The time budget: once `deadline` has passed, `create_trial` answers STOPPED (to local tuners
 and distributed workers alike); running trials finish and are recorded. The trial quota works
@@ -22,14 +24,12 @@ from __future__ import annotations
 import time
 
 import keras_tuner
-from keras_tuner.src.engine import metrics_tracking
-from keras_tuner.src.engine import trial as trial_module
-from keras_tuner.src.tuners.gridsearch import LinkedList
 
 from tfpipeline.errors import UserError
+from tfpipeline.tuning import kt_compat
 
 TUNERS = ("random", "bayesian", "hyperband", "grid")
-RUNNING, STOPPED = trial_module.TrialStatus.RUNNING, trial_module.TrialStatus.STOPPED
+RUNNING, STOPPED = kt_compat.TrialStatus.RUNNING, kt_compat.TrialStatus.STOPPED
 
 
 def objective_direction(name: str) -> str:
@@ -54,12 +54,12 @@ class _SearchOracle:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.budget_exhausted = True
                 self.tuner_ids.discard(tuner_id)
-                return trial_module.Trial(self.get_space(), status=STOPPED)
+                return kt_compat.Trial(self.get_space(), status=STOPPED)
             search_done = self.max_trials is not None and len(self.trials) >= self.max_trials
             if self.trial_quota is not None and self._started >= self.trial_quota and not search_done:
                 self.quota_reached = True
                 self.tuner_ids.discard(tuner_id)
-                return trial_module.Trial(self.get_space(), status=STOPPED)
+                return kt_compat.Trial(self.get_space(), status=STOPPED)
         trial = super().create_trial(tuner_id)
         if trial.status == RUNNING:
             self._started += 1
@@ -74,36 +74,28 @@ class _SearchOracle:
 
     def reload(self):
         super().reload()
-        finished = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
-        self._retry_queue = [t for t in self._retry_queue if self.trials[t].status not in finished]
-        queued = set(self._retry_queue)
+        finished = (kt_compat.TrialStatus.COMPLETED, kt_compat.TrialStatus.FAILED)
+        queue = [t for t in kt_compat.retry_queue(self) if self.trials[t].status not in finished]
+        queued = set(queue)
         for trial_id, trial in sorted(self.trials.items()):
             if trial.status == RUNNING and trial_id not in queued:
-                self._retry_queue.append(trial_id)
-        for trial_id in self._retry_queue:  # start the re-run from scratch
+                queue.append(trial_id)
+        for trial_id in queue:  # start the re-run from scratch
             trial = self.trials[trial_id]
-            trial.metrics, trial.score, trial.best_step = metrics_tracking.MetricsTracker(), None, 0
-        self.recovered = sorted(self._retry_queue)
+            trial.metrics, trial.score, trial.best_step = kt_compat.fresh_metrics(), None, 0
+        kt_compat.set_retry_queue(self, queue)
+        self.recovered = sorted(queue)
 
 
 class _GridState:
     """Saves GridSearchOracle's place in the grid, which KerasTuner 1.4.8 loses on reload."""
 
     def get_state(self):
-        state = super().get_state()
-        order, index = [], self._ordered_ids._next_index[None]
-        while index is not None:
-            order.append(self._ordered_ids._memory[index])
-            index = self._ordered_ids._next_index[index]
-        state["grid_order"], state["grid_populate_next"] = order, list(self._populate_next)
-        return state
+        return {**super().get_state(), **kt_compat.grid_state(self)}
 
     def set_state(self, state):
         super().set_state(state)
-        self._ordered_ids = LinkedList()
-        for trial_id in state.get("grid_order", []):
-            self._ordered_ids.insert(trial_id)
-        self._populate_next = list(state.get("grid_populate_next", []))
+        kt_compat.restore_grid_state(self, state)
 
 
 def make_oracle(

@@ -9,13 +9,10 @@ from typing import Any
 
 import keras
 import keras_tuner
-from keras_tuner.src.distribute import utils as dist_utils
-from keras_tuner.src.engine import tuner_utils
-from keras_tuner.src.engine.tuner import maybe_distribute
 
 from tfpipeline.errors import UserError
 from tfpipeline.training.fit import seed_everything
-from tfpipeline.tuning import distributed
+from tfpipeline.tuning import distributed, kt_compat
 from tfpipeline.tuning.hypermodel import PipelineHyperModel
 
 COMPLETED = "COMPLETED"
@@ -86,14 +83,14 @@ class PipelineTuner(keras_tuner.Tuner):
         seed_everything(config.data.seed, config.train.deterministic)
         model = None
         try:
-            with maybe_distribute(self.distribution_strategy):
+            with kt_compat.maybe_distribute(self.distribution_strategy):
                 model = self.hypermodel.build(hp)
                 if values.get("tuner/trial_id"):
                     model.load_weights(self._get_checkpoint_fname(values["tuner/trial_id"]))
             callbacks = []
             if "tuner/epochs" in values:  # Hyperband continues these weights in later rounds
                 path = self._get_checkpoint_fname(trial.trial_id)
-                callbacks.append(tuner_utils.SaveBestEpoch(objective=objective, filepath=path))
+                callbacks.append(kt_compat.SaveBestEpoch(objective=objective, filepath=path))
 
             def on_epoch(epoch: int, logs: dict) -> None:
                 self._emit(TrialEvent("epoch", trial.trial_id, values, epoch=epoch, metrics=logs))
@@ -129,9 +126,10 @@ class PipelineTuner(keras_tuner.Tuner):
         )
 
     def search(self, *args, **kwargs):
-        if dist_utils.is_chief_oracle():
+        if kt_compat.is_chief_oracle():
             oracle = self.oracle
-            if oracle.max_trials and len(oracle.trials) >= oracle.max_trials and not oracle._retry_queue:
+            done = oracle.max_trials and len(oracle.trials) >= oracle.max_trials
+            if done and not kt_compat.retry_queue(oracle):
                 self.log("chief: the search is already complete; nothing to serve")
                 return
             self.save()
