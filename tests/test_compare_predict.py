@@ -198,6 +198,20 @@ def test_submission_rows_ordering_and_duplicates():
         submission_rows([Path("a/7.png"), Path("b/7.jpg")], np.array([0, 1]), "xy")
 
 
+def test_submission_ids_are_integers_like_the_brief():
+    from tfpipeline.errors import UserError
+    from tfpipeline.evaluation.predict import submission_rows
+
+    paths = [Path("test/00002.jpg"), Path("test/00000.jpg"), Path("test/00001.jpg")]
+    labels = np.array([2, 0, 4])
+    assert submission_rows(paths, labels, "abcde") == [("0", "0"), ("1", "4"), ("2", "2")]
+    assert submission_rows(paths, labels, "abcde", id_format="stem")[0] == ("00000", "0")
+    with pytest.raises(UserError, match="duplicate ID '7'"):  # 007 and 7 are the same integer ID
+        submission_rows([Path("a/007.png"), Path("b/7.jpg")], np.array([0, 1]), "xy")
+    with pytest.raises(UserError, match="--id-format int: img1.jpg"):
+        submission_rows([Path("img1.jpg")], np.array([0]), "xy", id_format="int")
+
+
 def test_predict_duplicate_stems_exit_2(runs, tmp_path, capsys):
     inputs = tmp_path / "dup"
     for sub in ("a", "b"):

@@ -412,12 +412,32 @@ def test_tflite_export_agrees_with_keras(binary_run, tmp_path):
     lite = result.metadata["tflite"]
     assert (result.path / "model.tflite").stat().st_size == lite["size_bytes"] > 10_000
     assert lite["split"] == "val+test" and lite["num_images"] == 12
-    assert lite["agreement_pct"] == 100.0 and lite["max_abs_prob_diff"] < 1e-4
+    # Every image whose Keras decision is clear of the tolerance must agree; one within it may
+    # flip on some CPUs (both numbers are recorded).
+    assert lite["max_abs_prob_diff"] <= lite["tolerance"] == 1e-3
+    assert lite["decisive_agreement_pct"] in (100.0, None)
+    assert lite["agreement_pct"] >= 100.0 * (12 - lite["near_threshold"]) / 12
     assert json.loads((result.path / "metadata.json").read_text())["tflite"] == lite
     assert "TFLite conversion" in (result.path / "README.md").read_text()
     paths, pixels, expected = keras_reference(binary_run)
     exported = load_export(result.path)
     np.testing.assert_allclose(exported.predict_pixels(pixels), expected, atol=1e-4)
+
+
+def test_a_near_threshold_flip_is_not_a_conversion_error():
+    from tfpipeline.decision import DecisionRule
+    from tfpipeline.evaluation.run_context import ServingSpec
+    from tfpipeline.export.tflite import compare_probabilities
+
+    rule = DecisionRule.for_classes("0.5", ("blue", "red"))
+    spec = ServingSpec(("blue", "red"), rule, (32, 32), 3, "stretch", "bilinear", "unit")
+    reference = np.array([[0.2, 0.8], [0.50002, 0.49998], [0.9, 0.1]])
+    converted = reference + np.array([[0, 0], [-4e-5, 4e-5], [0, 0]])  # the middle one flips to red
+    report = compare_probabilities(converted, reference, spec)
+    assert report["agreement_pct"] == pytest.approx(66.67) and report["near_threshold"] == 1
+    assert report["decisive_agreement_pct"] == 100.0
+    converted[0] = [0.7, 0.3]  # a clear decision that changes is a real disagreement
+    assert compare_probabilities(converted, reference, spec)["decisive_agreement_pct"] == 50.0
 
 
 def test_onnx_export_agrees_with_keras(binary_run, tmp_path, capsys):
@@ -428,7 +448,8 @@ def test_onnx_export_agrees_with_keras(binary_run, tmp_path, capsys):
     meta = json.loads((folder / "metadata.json").read_text())
     converted = meta["onnx"]
     assert (folder / "model.onnx").stat().st_size == converted["size_bytes"] > 10_000
-    assert converted["agreement_pct"] == 100.0 and converted["max_abs_prob_diff"] < 1e-4
+    assert converted["max_abs_prob_diff"] <= converted["tolerance"]
+    assert converted["decisive_agreement_pct"] in (100.0, None)
     assert converted["num_images"] == 12 and converted["opset"] == 17
     paths, pixels, expected = keras_reference(binary_run)
     np.testing.assert_allclose(load_export(folder).predict_pixels(pixels), expected, atol=1e-4)

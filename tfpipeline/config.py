@@ -238,20 +238,40 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise UserError(f"{where}: expected a list, got {value!r}")
         item_type = args[0] if args else Any
         return tuple(_coerce(item_type, v, where) for v in value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise UserError(f"{where}: expected true/false, got {value!r}")
-    if hint in (int, float, str):
-        try:
-            if hint is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return hint(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+    if hint in (bool, int, float, str):
+        return coerce_scalar(value, hint, where)
     return value
+
+
+def coerce_scalar(value: Any, kind: type, where: str) -> Any:
+    """`value` as a bool, int, float or str, the one conversion every config path uses.
+
+    Booleans accept true/false, yes/no and 1/0 (any case); numbers refuse booleans; an int
+    accepts integral floats (`1e3`) but not `2.5`.
+
+    Raises:
+        UserError: naming `where` and the value.
+    """
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text not in ("true", "yes", "1", "false", "no", "0"):
+                raise ValueError
+            return text in ("true", "yes", "1")
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError
+        if kind is int:
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: expected {kind.__name__}, got {value!r}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

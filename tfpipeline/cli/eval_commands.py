@@ -63,14 +63,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     register_loader(is_export, load_export)
     paths = collect_inputs(args.inputs)
     if args.csv:  # fail on colliding IDs before loading anything
-        submission_rows(paths, [0] * len(paths), ["?"], "index")
+        submission_rows(paths, [0] * len(paths), ["?"], "index", args.id_format)
     predictor = load_predictor(args.model)
     files, probs, skipped = predict_files(
         predictor, paths, batch_size=args.batch_size, skip_bad=args.skip_bad
     )
     labels = predictor.rule.predict(probs)
     if args.csv:
-        rows = submission_rows(files, labels, predictor.class_names, args.label_format)
+        rows = submission_rows(files, labels, predictor.class_names, args.label_format, args.id_format)
         out = write_submission(args.csv, rows)
         print(
             f"wrote {len(rows)} prediction(s) to {out}"
@@ -143,6 +143,13 @@ def register(commands) -> None:
         choices=("index", "name"),
         default="index",
         help="CSV TARGET: class index (default) or name",
+    )
+    predict.add_argument(
+        "--id-format",
+        choices=("auto", "int", "stem"),
+        default="auto",
+        help="CSV ID: integers when every file name is one (auto, default: 00042.jpg -> 42), int, "
+        "or the file name without extension as it is (stem: 00042)",
     )
     predict.add_argument(
         "--batch-size", type=int_at_least(1), default=32, help="images per batch (default 32)"

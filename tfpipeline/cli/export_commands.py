@@ -37,6 +37,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         if converted:
             agreement = converted.get("agreement_pct")
             shown = f"{agreement:.2f}%" if agreement is not None else "not measured"
+            if converted.get("near_threshold"):
+                shown += (
+                    f" ({converted['decisive_agreement_pct']:.2f}% clear of the tolerance; "
+                    f"{converted['near_threshold']} near the threshold)"
+                )
             where = (
                 f" on {converted['num_images']} {converted['split']} images" if converted.get("split") else ""
             )

@@ -121,7 +121,10 @@ def plot_compare_runs(histories: Mapping[str, Any], metric: str) -> Figure:
 
 
 def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], positive_index: int = 1) -> Figure:
-    """ROC curve(s): the positive class for K=2, one-vs-rest per class otherwise; AUC in legend."""
+    """ROC curve(s): the positive class for K=2, one-vs-rest per class otherwise; AUC in legend.
+
+    Each curve is scikit-learn's `RocCurveDisplay.from_predictions` drawn on a shared axis.
+    """
     y_true, probs = _as_arrays(y_true, probs)
     fig = Figure(figsize=(6.4, 5.6), layout="constrained")
     ax = fig.subplots()
@@ -130,9 +133,9 @@ def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], positive_index
         if positives.all() or not positives.any():
             ax.plot([], [], color=colour, label=f"{name} (AUC undefined: one class)")
             continue
-        fpr, tpr, _ = skm.roc_curve(positives, probs[:, c])
-        auc = skm.auc(fpr, tpr)
-        ax.plot(fpr, tpr, color=colour, lw=1.8, label=f"{name} (AUC = {auc:.3f})")
+        skm.RocCurveDisplay.from_predictions(
+            positives, probs[:, c], name=name, ax=ax, curve_kwargs={"color": colour, "lw": 1.8}
+        )
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance (AUC = 0.5)")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
     ax.set_xlabel("false positive rate")
@@ -147,7 +150,10 @@ def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], positive_index
 def plot_precision_recall(
     y_true: Any, probs: Any, class_names: Sequence[str], positive_index: int = 1
 ) -> Figure:
-    """Precision-recall curve(s) with average precision (AP) in the legend; prior line for K=2."""
+    """Precision-recall curve(s) with average precision (AP) in the legend; prior line for K=2.
+
+    Each curve is scikit-learn's `PrecisionRecallDisplay.from_predictions` on a shared axis.
+    """
     y_true, probs = _as_arrays(y_true, probs)
     fig = Figure(figsize=(6.4, 5.6), layout="constrained")
     ax = fig.subplots()
@@ -156,10 +162,8 @@ def plot_precision_recall(
         if not positives.any():
             ax.plot([], [], color=colour, label=f"{name} (AP undefined: no positives)")
             continue
-        precision, recall, _ = skm.precision_recall_curve(positives, probs[:, c])
-        ap = skm.average_precision_score(positives, probs[:, c])
-        ax.plot(
-            recall, precision, color=colour, lw=1.8, drawstyle="steps-post", label=f"{name} (AP = {ap:.3f})"
+        skm.PrecisionRecallDisplay.from_predictions(
+            positives, probs[:, c], name=name, ax=ax, curve_kwargs={"color": colour, "lw": 1.8}
         )
     if probs.shape[1] == 2:
         prior = float(np.mean(y_true == positive_index))
@@ -175,36 +179,36 @@ def plot_precision_recall(
 
 
 def plot_confusion_matrix(y_true: Any, y_pred: Any, class_names: Sequence[str]) -> Figure:
-    """Two annotated panels: counts and row-normalised (share of each true class)."""
+    """Two panels from scikit-learn's `ConfusionMatrixDisplay`: counts, and row-normalised
+    (each true class's share, so recall sits on the diagonal)."""
     k = len(class_names)
-    cm = skm.confusion_matrix(np.asarray(y_true).ravel(), np.asarray(y_pred).ravel(), labels=list(range(k)))
-    rows = cm.sum(axis=1, keepdims=True)
-    normalised = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
     side = max(4.2, 0.55 * k + 2.0)
     fig = Figure(figsize=(2 * side + 1.0, side), layout="constrained")
     axes = fig.subplots(1, 2)
     names = [str(n) for n in class_names]
     rotate = k * max(len(n) for n in names) > 30  # tick labels would collide
     fontsize = 10 if k <= 6 else 8 if k <= 12 else 6
-    for ax, matrix, fmt, title in (
-        (axes[0], cm, "{:d}", "Counts"),
-        (axes[1], normalised, "{:.2f}", "Normalised by true class (recall on diagonal)"),
+    for ax, normalize, fmt, title in (
+        (axes[0], None, "d", "Counts"),
+        (axes[1], "true", ".2f", "Normalised by true class (recall on diagonal)"),
     ):
-        image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(matrix.max(), 1e-9))
-        threshold = matrix.max() / 2.0
-        for i in range(k):
-            for j in range(k):
-                colour = "white" if matrix[i, j] > threshold else "black"
-                ax.text(
-                    j, i, fmt.format(matrix[i, j]), ha="center", va="center", color=colour, fontsize=fontsize
-                )
-        ax.set_xticks(range(k), names, rotation=45 if rotate else 0, ha="right" if rotate else "center")
-        ax.set_yticks(range(k), names)
+        skm.ConfusionMatrixDisplay.from_predictions(
+            y_true,
+            y_pred,
+            labels=list(range(k)),
+            display_labels=names,
+            normalize=normalize,
+            values_format=fmt,
+            cmap="Blues",
+            ax=ax,
+            xticks_rotation=45 if rotate else "horizontal",
+            text_kw={"fontsize": fontsize},
+        )
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.set_title(title)
-        fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.suptitle(f"Confusion matrix (n = {int(cm.sum())})")
+    fig.suptitle(f"Confusion matrix (n = {len(y_true)})")
     return fig
 
 

@@ -193,26 +193,47 @@ def predict_files(
     return good, np.concatenate(outputs), [p for p in paths if p in bad]
 
 
+ID_FORMATS = ("auto", "int", "stem")
+
+
 def submission_rows(
-    paths: Sequence[Path], labels: np.ndarray, class_names: Sequence[str], label_format: str = "index"
+    paths: Sequence[Path],
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    label_format: str = "index",
+    id_format: str = "auto",
 ) -> list[tuple[str, str]]:
-    """Kaggle rows (ID = file stem, TARGET), sorted numerically when every ID is an integer.
+    """Kaggle rows (ID, TARGET), sorted numerically when every ID is an integer.
+
+    Args:
+        label_format: TARGET as the class `index` or its `name`.
+        id_format: `auto` writes integer IDs (`00042.jpg` -> `42`, the usual Kaggle format) when
+            every file stem is an integer and the stems otherwise; `int` insists on integers;
+            `stem` writes the stems as they are (`00042`).
 
     Raises:
-        UserError: two files share a stem (their IDs would collide).
+        UserError: two files would get the same ID, or `int` was asked for non-integer stems.
     """
     if label_format not in ("index", "name"):
         raise UserError(f"--label-format must be index or name, got '{label_format}'")
+    if id_format not in ID_FORMATS:
+        raise UserError(f"--id-format must be one of {', '.join(ID_FORMATS)}, got '{id_format}'")
+    numeric = all(_is_int(p.stem) for p in paths)
+    if id_format == "int" and not numeric:
+        example = next(p for p in paths if not _is_int(p.stem))
+        raise UserError(f"--id-format int: {example} has no integer file name")
+    as_int = numeric and id_format != "stem"
     seen: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in seen:
-            raise UserError(f"duplicate ID '{path.stem}': {seen[path.stem]} and {path}")
-        seen[path.stem] = path
-    rows = [
-        (p.stem, str(int(y)) if label_format == "index" else str(class_names[int(y)]))
-        for p, y in zip(paths, labels, strict=True)
-    ]
-    if all(_is_int(stem) for stem, _ in rows):
+    rows = []
+    for path, label in zip(paths, labels, strict=True):
+        identifier = str(int(path.stem)) if as_int else path.stem
+        if identifier in seen:
+            raise UserError(f"duplicate ID '{identifier}': {seen[identifier]} and {path}")
+        seen[identifier] = path
+        rows.append(
+            (identifier, str(int(label)) if label_format == "index" else str(class_names[int(label)]))
+        )
+    if numeric:
         return sorted(rows, key=lambda row: int(row[0]))
     return sorted(rows, key=lambda row: row[0])
 

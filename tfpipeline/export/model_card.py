@@ -196,7 +196,7 @@ def render_model_card(meta: dict[str, Any]) -> str:
             lines += [
                 f"{label} conversion: {converted['size_bytes']} bytes; agrees with the Keras model on "
                 f"the top class for {_fmt(converted['agreement_pct'])}% of {converted['num_images']} "
-                f"held-out ({converted['split']}) images.",
+                f"held-out ({converted['split']}) images" + _near_threshold_note(converted) + ".",
                 "",
             ]
     lines += ["## Decision threshold", ""]
@@ -245,3 +245,14 @@ def render_model_card(meta: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _near_threshold_note(converted: dict) -> str:
+    """Say how decisions within the float tolerance were counted, when there were any."""
+    near = converted.get("near_threshold")
+    if not near:
+        return ""
+    return (
+        f" ({_fmt(converted.get('decisive_agreement_pct'))}% of those whose decision is clear of the "
+        f"{converted['tolerance']:g} float tolerance; {near} lie within it and may flip between runtimes)"
+    )

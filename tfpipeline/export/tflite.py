@@ -22,6 +22,10 @@ from tfpipeline.export.signatures import class_outputs
 
 log = logging.getLogger(__name__)
 
+# Converted runtimes reorder float sums; probabilities may differ from Keras by this much, and an
+# image whose Keras decision margin is within it may legitimately flip class on another CPU.
+PROB_TOLERANCE = 1e-3
+
 
 def convert_to_tflite(model: Any, spec: ServingSpec) -> bytes:
     """The flatbuffer of `pixels [N, H, W, C] float32 0..255 -> probabilities [N, K]`.
@@ -112,9 +116,13 @@ def agreement_report(
         max_images: use at most this many held-out images (slow reference runtimes).
 
     Returns:
-        `agreement_pct` (the class the export would report: thresholded for binary, argmax
-        otherwise), `num_images`, `split`, `max_abs_prob_diff`; agreement None with a `note`
-        when the run's data is not available any more.
+        `agreement_pct`: share of images where the export reports the same class as Keras (a
+        thresholded score for binary models, argmax otherwise); `decisive_agreement_pct`: the
+        same over the images whose Keras decision margin (|score - threshold|, or top-1 minus
+        top-2 probability) exceeds `tolerance`, which must be 100 for a correct conversion;
+        `near_threshold`: how many images were within the tolerance; `max_abs_prob_diff`,
+        `tolerance`, `num_images`, `split`. Agreement is None with a `note` when the run's data
+        is not available any more.
     """
     try:
         pixels, split = held_out_pixels(config)
@@ -126,13 +134,34 @@ def agreement_report(
     reference = keras_probabilities(model, spec, pixels)
     if converted.shape != reference.shape or not np.all(np.isfinite(converted)):
         raise RuntimeError(f"the {what} model gives malformed or non-finite probabilities (a conversion bug)")
-    agree = spec.rule.predict(converted) == spec.rule.predict(reference)
     return {
-        "agreement_pct": round(100.0 * float(np.mean(agree)), 2),
+        **compare_probabilities(converted, reference, spec),
         "num_images": int(len(pixels)),
         "split": split,
+    }
+
+
+def compare_probabilities(converted: np.ndarray, reference: np.ndarray, spec: ServingSpec) -> dict[str, Any]:
+    """Agreement figures of converted vs Keras probabilities (see :func:`agreement_report`)."""
+    agree = spec.rule.predict(converted) == spec.rule.predict(reference)
+    decisive = decision_margin(reference, spec) > PROB_TOLERANCE
+    return {
+        "agreement_pct": round(100.0 * float(np.mean(agree)), 2),
+        "decisive_agreement_pct": round(100.0 * float(np.mean(agree[decisive])), 2)
+        if decisive.any()
+        else None,
+        "near_threshold": int(np.sum(~decisive)),
+        "tolerance": PROB_TOLERANCE,
         "max_abs_prob_diff": float(np.max(np.abs(converted - reference))),
     }
+
+
+def decision_margin(probs: np.ndarray, spec: ServingSpec) -> np.ndarray:
+    """How far each decision is from flipping: |score - threshold| (binary) or top-1 - top-2."""
+    if spec.binary:
+        return np.abs(probs[:, spec.rule.positive_index] - spec.rule.value)
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
 
 
 def tflite_report(flatbuffer: bytes, model: Any, spec: ServingSpec, config: Any) -> dict[str, Any]:

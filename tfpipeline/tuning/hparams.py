@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from tfpipeline.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from tfpipeline.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, coerce_scalar
 from tfpipeline.errors import UserError
 
 # name -> (section, field); section "augment" is data.augment.
@@ -118,28 +118,6 @@ def _field_type(t: Target) -> type:
     return hint
 
 
-def coerce(value: Any, kind: type, where: str) -> Any:
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "false", "yes", "no"):
-                return str(value).lower() in ("true", "yes")
-            raise ValueError
-        if kind is int:
-            number = float(value)
-            if not number.is_integer() or isinstance(value, bool):
-                raise ValueError
-            return int(number)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: expected {kind.__name__} value(s), got {value!r}") from None
-
-
 def parse_param(name: str, spec: Any, where: str = "search space") -> HyperParam:
     """One declaration (list, range mapping, or plain value) -> HyperParam, values typed."""
     where = f"{where}: {name}"
@@ -159,7 +137,7 @@ def parse_param(name: str, spec: Any, where: str = "search space") -> HyperParam
             ((parent, allowed),) = condition.items()
             allowed = allowed if isinstance(allowed, list) else [allowed]
             parent_kind = _field_type(target(str(parent))) if _known(str(parent)) else str
-            when = (str(parent), tuple(coerce(v, parent_kind, f"{where}.when") for v in allowed))
+            when = (str(parent), tuple(coerce_scalar(v, parent_kind, f"{where}.when") for v in allowed))
         if "values" in spec:
             spec = spec["values"]
     if isinstance(spec, dict):
@@ -167,8 +145,8 @@ def parse_param(name: str, spec: Any, where: str = "search space") -> HyperParam
             raise UserError(f"{where}: a range needs both min and max, got {spec!r}")
         if kind not in (int, float):
             raise UserError(f"{where}: a range needs a numeric field; give a list of values instead")
-        low, high = coerce(spec["min"], kind, where), coerce(spec["max"], kind, where)
-        step = coerce(spec["step"], kind, where) if spec.get("step") is not None else None
+        low, high = coerce_scalar(spec["min"], kind, where), coerce_scalar(spec["max"], kind, where)
+        step = coerce_scalar(spec["step"], kind, where) if spec.get("step") is not None else None
         sampling = str(spec.get("sampling", "linear"))
         if sampling not in ("linear", "log", "reverse_log"):
             raise UserError(f"{where}: sampling must be linear, log or reverse_log, got {sampling!r}")
@@ -178,7 +156,7 @@ def parse_param(name: str, spec: Any, where: str = "search space") -> HyperParam
     values = spec if isinstance(spec, (list, tuple)) else [spec]
     if not values:
         raise UserError(f"{where}: empty list of values")
-    typed = tuple(dict.fromkeys(coerce(v, kind, where) for v in values))
+    typed = tuple(dict.fromkeys(coerce_scalar(v, kind, where) for v in values))
     return HyperParam(name, "choice", values=typed, when=when)
 
 
@@ -207,7 +185,7 @@ def apply_values(base: RunConfig, values: dict[str, Any]) -> RunConfig:
         if name.startswith("tuner/") or value is None:
             continue
         t = target(name)
-        value = coerce(value, _field_type(t), name)
+        value = coerce_scalar(value, _field_type(t), name)
         if t.index is None:
             changes[t.section][t.field] = value
         else:

@@ -25,14 +25,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tfpipeline.config import RunConfig, load_yaml
+from tfpipeline.config import RunConfig, coerce_scalar, load_yaml
 from tfpipeline.errors import UserError
 from tfpipeline.tuning.hparams import (
     TUPLE_TARGETS,
     HyperParam,
     apply_values,
     base_value,
-    coerce,
     parse_param,
     target,
 )
@@ -78,7 +77,7 @@ def load_space(
         where = str(overrides)
         overrides = load_yaml(overrides)
     overrides = dict(overrides or {})
-    tune_only = coerce(overrides.pop("tune_only", False), bool, f"{where}: tune_only")
+    tune_only = coerce_scalar(overrides.pop("tune_only", False), bool, f"{where}: tune_only")
     allowed = allowed_names(model)
     unknown = sorted(name for name in overrides if name not in allowed)
     if unknown:
