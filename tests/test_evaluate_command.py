@@ -149,6 +149,38 @@ def test_evaluate_missing_split_is_a_user_error(binary_run, tmp_path, capsys):
     assert "error:" in err and "no test split" in err and "Traceback" not in err
 
 
+def test_evaluate_split_all_scores_every_file_of_an_external_folder(binary_run, tmp_path, capsys):
+    # A class-only folder (what an out-of-domain set usually is): 3 + 5 images, too few to split.
+    external = tmp_path / "other_faces"
+    source = binary_run.parent.parent / "data" / "test"
+    for name, count in (("blue", 3), ("red", 5)):
+        (external / name).mkdir(parents=True)
+        for i, path in enumerate(sorted((source / name).iterdir())[:count] * 2):
+            if i < count:
+                shutil.copy(path, external / name / f"{i}{path.suffix}")
+    code = main(["evaluate", str(binary_run), "--data", str(external), "--gradcam", "2", "--top-losses", "2"])
+    assert code == 0, capsys.readouterr().err
+    out = binary_run / "evaluation" / "other_faces-all"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "all" and metrics["num_samples"] == 8 and metrics["external_data"]
+    assert metrics["support"] == {"blue": 3, "red": 5}
+    summary = (out / "summary.md").read_text()
+    assert f"Evaluated on external data `{external}` (all: 8 images" in summary
+    assert "train: 24 images" in summary  # the run's own training data, not the external folder's
+
+
+def test_evaluate_split_all_refuses_other_classes(binary_run, tmp_path, capsys):
+    external = tmp_path / "three"
+    for name in ("blue", "green", "red"):
+        (external / name).mkdir(parents=True)
+        shutil.copy(
+            next((binary_run.parent.parent / "data" / "val" / "red").iterdir()), external / name / "a.png"
+        )
+    assert main(["evaluate", str(binary_run), "--data", str(external), "--split", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "holds classes blue, green, red but the model knows blue, red" in err and "Traceback" not in err
+
+
 def test_evaluate_not_a_run_folder(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -160,7 +192,7 @@ def test_gradcam_small_cnn_run_model(binary_run):
     import keras
 
     from tfpipeline.data.decode import unscale_pixels
-    from tfpipeline.evaluation.evaluate import gradcam_class_targets
+    from tfpipeline.evaluation.figures import gradcam_class_targets
     from tfpipeline.evaluation.gradcam import gradcam_heatmaps
     from tfpipeline.evaluation.run_context import open_run
 
@@ -192,7 +224,7 @@ def test_gradcam_resnet50_head_untrained():
 
 
 def test_balanced_sample_alternates_classes():
-    from tfpipeline.evaluation.evaluate import balanced_sample
+    from tfpipeline.evaluation.figures import balanced_sample
 
     y = np.array([0] * 10 + [1] * 3)
     chosen = balanced_sample(y, 6, seed=1)
@@ -202,7 +234,7 @@ def test_balanced_sample_alternates_classes():
 
 
 def test_gradcam_class_targets_follow_the_positive_class():
-    from tfpipeline.evaluation.evaluate import gradcam_class_targets
+    from tfpipeline.evaluation.figures import gradcam_class_targets
 
     assert gradcam_class_targets(np.array([0, 1, 1]), 0).tolist() == [1, 0, 0]
     assert gradcam_class_targets(np.array([0, 1, 1]), 1).tolist() == [0, 1, 1]

@@ -92,9 +92,14 @@ def register(commands) -> None:
         "split, with the run's own decision threshold. Writes RUN/evaluation/<split>/ (or --out).",
     )
     evaluate.add_argument("run", metavar="RUN", help="run folder")
-    evaluate.add_argument("--data", help="evaluate on this data instead of the run's (same classes)")
     evaluate.add_argument(
-        "--split", choices=("test", "val"), help="default: test when there is one, else val"
+        "--data",
+        help="evaluate on this data instead of the run's (same classes), e.g. an out-of-domain folder",
+    )
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "val", "train", "all"),
+        help="default: the run's test split (val when it has none); for --data, all (every image, unsplit)",
     )
     evaluate.add_argument("--out", metavar="DIR", help="output folder (default RUN/evaluation/<split>)")
     evaluate.add_argument(

@@ -12,7 +12,7 @@ Typical use::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,16 @@ from tfpipeline.data.sources import resolve_source
 from tfpipeline.data.split import DataSource, Split
 from tfpipeline.errors import UserError
 
-__all__ = ["DataBundle", "DataInfo", "load_data", "resolve_source", "check_source", "build_dataset"]
+__all__ = [
+    "DataBundle",
+    "DataInfo",
+    "EvalSplit",
+    "build_dataset",
+    "check_source",
+    "load_data",
+    "load_split",
+    "resolve_source",
+]
 log = logging.getLogger(__name__)
 
 
@@ -126,6 +135,50 @@ def resolve_positive(
     return positive_class, class_names.index(positive_class)
 
 
+def _describe(source: DataSource, splits: dict[str, Split], skipped: tuple, config: DataConfig) -> DataInfo:
+    """The DataInfo of checked splits: counts, positive class, train prior, file lists."""
+    class_names = source.class_names
+    positive_class, positive_index = resolve_positive(class_names, config.positive_class)
+    num_classes = len(class_names)
+    counts = {
+        name: {
+            c: int(n) for c, n in zip(class_names, np.bincount(s.labels, minlength=num_classes), strict=True)
+        }
+        for name, s in splits.items()
+    }
+    train_prior = None
+    if positive_index is not None and "train" in splits:
+        train_prior = float(np.mean(splits["train"].labels == positive_index))
+    files = {
+        name: [[p, int(y)] for p, y in zip(s.paths, s.labels, strict=True)]
+        for name, s in splits.items()
+        if s.from_files
+    }
+    return DataInfo(
+        source=source.kind,
+        location=source.location,
+        class_names=class_names,
+        positive_class=positive_class,
+        positive_index=positive_index,
+        counts=counts,
+        train_prior=train_prior,
+        files=files,
+        skipped_bad=skipped,
+        ignored_files=source.ignored_files,
+    )
+
+
+def _checked(source: DataSource, config: DataConfig, check: bool) -> tuple[dict[str, Split], tuple]:
+    if len(source.class_names) < 2:
+        raise UserError(f"{source.location}: need at least two classes, found {len(source.class_names)}")
+    report = check_source(source, config) if check else None
+    splits, skipped = _drop_bad(source, report, config)
+    if report is not None and report.warnings:
+        kinds = sorted({p.kind for p in report.warnings})
+        log.info("%d unusual file(s) (%s) are converted on load", len(report.warnings), ", ".join(kinds))
+    return splits, skipped
+
+
 def load_data(
     config: DataConfig,
     *,
@@ -150,44 +203,10 @@ def load_data(
         UserError: for any data problem, including bad files without `--skip-bad`.
     """
     source = resolve_source(config)
-    if len(source.class_names) < 2:
-        raise UserError(f"{source.location}: need at least two classes, found {len(source.class_names)}")
-    report = check_source(source, config) if check else None
-    splits, skipped = _drop_bad(source, report, config)
-    if report is not None and report.warnings:
-        kinds = sorted({p.kind for p in report.warnings})
-        log.info("%d unusual file(s) (%s) are converted on load", len(report.warnings), ", ".join(kinds))
-    class_names = source.class_names
-    positive_class, positive_index = resolve_positive(class_names, config.positive_class)
-    num_classes = len(class_names)
+    splits, skipped = _checked(source, config, check)
+    info = _describe(source, splits, skipped, config)
+    num_classes = info.num_classes
     label_mode = label_mode or ("binary" if num_classes == 2 else "categorical")
-
-    counts = {
-        name: {
-            c: int(n) for c, n in zip(class_names, np.bincount(s.labels, minlength=num_classes), strict=True)
-        }
-        for name, s in splits.items()
-    }
-    train_prior = None
-    if positive_index is not None:
-        train_prior = float(np.mean(splits["train"].labels == positive_index))
-    files = {
-        name: [[p, int(y)] for p, y in zip(s.paths, s.labels, strict=True)]
-        for name, s in splits.items()
-        if s.from_files
-    }
-    info = DataInfo(
-        source=source.kind,
-        location=source.location,
-        class_names=class_names,
-        positive_class=positive_class,
-        positive_index=positive_index,
-        counts=counts,
-        train_prior=train_prior,
-        files=files,
-        skipped_bad=skipped,
-        ignored_files=source.ignored_files,
-    )
     datasets = {
         name: build_dataset(
             split,
@@ -202,3 +221,71 @@ def load_data(
         for name, split in splits.items()
     }
     return DataBundle(datasets["train"], datasets["val"], datasets.get("test"), info, splits)
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One split to evaluate on: its ordered dataset, its examples and the facts about its data."""
+
+    name: str
+    dataset: Any
+    split: Split
+    info: DataInfo
+
+
+def load_split(config: DataConfig, name: str, *, scaling: str, class_names: tuple[str, ...]) -> EvalSplit:
+    """An ordered (unshuffled, unaugmented) dataset of one split, labelled in `class_names` order.
+
+    Args:
+        config: the data configuration (a run's, or a run's with another `data`).
+        name: `train`, `val`, `test`, or `all`: every image of the data, unsplit (e.g. a whole
+            out-of-domain folder).
+        scaling: the model's pixel range.
+        class_names: the model's classes; the data must hold exactly these (or, with
+            `config.classes` set as by the run that chose them, at least these).
+
+    Raises:
+        UserError: the data's classes differ from `class_names` (both are listed), the split does
+            not exist, or the data has bad files (without `--skip-bad`).
+    """
+    from tfpipeline.data.sources import class_names_of, resolve_all
+
+    found = class_names_of(replace(config, classes=()))
+    missing = set(class_names) - set(found)
+    # A run trained on a chosen subset (`--classes`) may be evaluated on its own data; any other
+    # data must hold exactly the model's classes.
+    extra = set() if config.classes else set(found) - set(class_names)
+    if missing or extra:
+        raise UserError(
+            f"{config.data}: holds classes {', '.join(found)} but the model knows {', '.join(class_names)}; "
+            "evaluate on data with the same classes"
+        )
+    config = replace(config, classes=tuple(class_names))
+    source = resolve_all(config) if name == "all" else resolve_source(config)
+    if name not in source.splits:
+        raise UserError(
+            f"{source.location}: has no {name} split (it has {', '.join(source.splits)}, or use all)"
+        )
+    splits, skipped = _checked(
+        DataSource(
+            source.kind,
+            source.location,
+            source.class_names,
+            {name: source.splits[name]},
+            source.ignored_files,
+        ),
+        config,
+        True,
+    )
+    info = _describe(source, splits, skipped, config)
+    label_mode = "binary" if len(class_names) == 2 else "categorical"
+    dataset = build_dataset(
+        splits[name],
+        config,
+        scaling=scaling,
+        training=False,
+        num_classes=len(class_names),
+        label_mode=label_mode,
+        cache_name=name,
+    )
+    return EvalSplit(name, dataset, splits[name], info)

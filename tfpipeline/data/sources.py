@@ -7,6 +7,7 @@ later in the tf.data pipeline) or in-memory uint8 arrays. Nothing is decoded her
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,44 @@ def resolve_source(config: DataConfig) -> DataSource:
         f"--data {spec}: no such folder, and not a known dataset "
         f"(embedded: {', '.join(EMBEDDED)}; or tfds:NAME such as tfds:cifar10)"
     )
+
+
+def resolve_all(config: DataConfig) -> DataSource:
+    """Every image of `config.data` as one split named `all` (evaluating on a whole folder).
+
+    A folder's images are taken as they are, from its split subfolders or its class folders,
+    without splitting; embedded and TFDS data join their splits.
+
+    Raises:
+        UserError: as :func:`resolve_source`.
+    """
+    path = Path(config.data).expanduser()
+    if config.data.startswith("tfds:") or config.data in EMBEDDED or not path.is_dir():
+        source = resolve_source(config)
+        joined = Split.concatenate([source.splits[name] for name in source.splits])
+        return DataSource(
+            source.kind, source.location, source.class_names, {"all": joined}, source.ignored_files
+        )
+    folders = list(_find_split_folders(path).values()) or [path]
+    scans = [_scan_classes(folder, str(folder)) for folder in folders]
+    merged: dict[str, tuple[list[str], list[str]]] = {}
+    for scan in scans:
+        for name, (images, ignored) in scan.items():
+            entry = merged.setdefault(name, ([], []))
+            entry[0].extend(images)
+            entry[1].extend(ignored)
+    classes = _choose_classes(sorted(merged), config, str(path))
+    split, ignored = _labelled(merged, classes, str(path))
+    return DataSource("folder", str(path), classes, {"all": split}, tuple(ignored))
+
+
+def class_names_of(config: DataConfig) -> tuple[str, ...]:
+    """The classes `config.data` holds (alphabetical for folders), without splitting anything."""
+    path = Path(config.data).expanduser()
+    if config.data.startswith("tfds:") or config.data in EMBEDDED or not path.is_dir():
+        return resolve_source(replace(config, classes=())).class_names
+    folders = list(_find_split_folders(path).values()) or [path]
+    return tuple(sorted({d.name for folder in folders for d in _subfolders(folder)}))
 
 
 # --------------------------------------------------------------------------- folders

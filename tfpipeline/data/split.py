@@ -41,6 +41,22 @@ class Split:
     def from_files(self) -> bool:
         return self.images is None and self.dataset is None
 
+    @classmethod
+    def concatenate(cls, splits: list[Split]) -> Split:
+        """One split holding the examples of `splits` in order (all of one kind: files, arrays
+        or datasets)."""
+        labels = np.concatenate([s.labels for s in splits]).astype(np.int32)
+        if all(s.from_files for s in splits):
+            return cls(labels=labels, paths=tuple(p for s in splits for p in s.paths))
+        if all(s.images is not None for s in splits):
+            return cls(labels=labels, images=np.concatenate([s.images for s in splits]))
+        if all(s.dataset is not None for s in splits):
+            dataset = splits[0].dataset
+            for other in splits[1:]:
+                dataset = dataset.concatenate(other.dataset)
+            return cls(labels=labels, dataset=dataset)
+        raise ValueError("cannot concatenate splits of different kinds (files, arrays, datasets)")
+
     def subset(self, keep: np.ndarray) -> Split:
         """The examples where boolean mask `keep` is true, in their original order."""
         if self.dataset is not None:

@@ -17,13 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from tfpipeline.data.decode import unscale_pixels
-from tfpipeline.errors import UserError
 from tfpipeline.evaluation.run_context import RunContext, load_run_model, open_run
 
 log = logging.getLogger(__name__)
 
-GRADCAM_CHUNK = 8  # images per Grad-CAM forward/backward pass (bounds memory for ResNet50)
 ECE_BINS = 15
 
 
@@ -55,20 +52,21 @@ def evaluate_run(
 
     Args:
         run_path: the run folder.
-        data: evaluate on this `--data` instead of the run's (same classes required).
-        split: `test` or `val`; default test when the data has one, else val.
-        out: output folder; default `RUN/evaluation/<split>`.
+        data: evaluate on this `--data` instead of the run's (the same classes required), e.g. an
+            out-of-domain folder; its every image by default (`split="all"`).
+        split: `test`, `val`, `train` or `all` (every image of the data, unsplit); default test
+            when the run's data has one, else val; `all` for other data.
+        out: output folder; default `RUN/evaluation/<split>` (`RUN/evaluation/<folder>-<split>`
+            for other data).
         gradcam: number of images in the Grad-CAM grid (0: none).
         top_losses: number of images in the top-losses grid (0: none).
 
     Raises:
         UserError: not a run folder, the split does not exist, the data's classes differ.
     """
-    from tfpipeline.data import load_data
-    from tfpipeline.evaluation.metrics import (
-        classification_metrics,
-        classification_report_text,
-    )
+    from tfpipeline.data import load_split
+    from tfpipeline.evaluation.figures import Selection, gradcam_figure, top_losses_figure
+    from tfpipeline.evaluation.metrics import classification_metrics, classification_report_text
     from tfpipeline.evaluation.plots import (
         plot_confusion_matrix,
         plot_precision_recall,
@@ -80,25 +78,25 @@ def evaluate_run(
     from tfpipeline.evaluation.summary import write_summary
 
     context = open_run(run_path)
+    own = context.config.data
+    external = data is not None and data != own.data
     # No cache: an on-disk cache prefix from training would serve stale pixels for other --data.
-    data_config = replace(context.config.data, cache="none", **({"data": data} if data else {}))
-    bundle = load_data(data_config, scaling=context.scaling)
-    if tuple(bundle.info.class_names) != context.class_names:
-        raise UserError(
-            f"{bundle.info.location}: classes {', '.join(bundle.info.class_names)} differ from the run's "
-            f"({', '.join(context.class_names)})"
+    data_config = replace(own, cache="none", **({"data": data, "classes": ()} if external else {}))
+    if split is None:
+        split = (
+            "all"
+            if external
+            else ("test" if "test" in (context.info.get("data") or {}).get("counts", {}) else "val")
         )
-    split = split or ("test" if bundle.test is not None else "val")
-    dataset = {"val": bundle.val, "test": bundle.test}.get(split)
-    if dataset is None:
-        raise UserError(f"{bundle.info.location}: has no {split} split (it has {', '.join(bundle.splits)})")
-    out_dir = Path(out) if out else context.run.path / "evaluation" / split
+    chosen = load_split(data_config, split, scaling=context.scaling, class_names=context.class_names)
+    folder = split if not external else f"{_safe_name(chosen.info.location)}-{split}"
+    out_dir = Path(out) if out else context.run.path / "evaluation" / folder
     out_dir.mkdir(parents=True, exist_ok=True)
 
     model = load_run_model(context)
-    y_true = np.asarray(bundle.splits[split].labels)
+    y_true = np.asarray(chosen.split.labels)
     probs = class_probabilities(
-        model.predict(dataset, verbose=0), context.num_classes, context.positive_index
+        model.predict(chosen.dataset, verbose=0), context.num_classes, context.positive_index
     )
     rule = context.rule
     names = list(context.class_names)
@@ -107,7 +105,8 @@ def evaluate_run(
     metrics = {
         "run": str(context.run.path),
         "split": split,
-        "data": bundle.info.location,
+        "data": chosen.info.location,
+        "external_data": external,
         "checkpoint": str(context.run.model_checkpoint().relative_to(context.run.path)),
         **classification_metrics(y_true, probs, names, rule=rule),
     }
@@ -129,16 +128,21 @@ def evaluate_run(
     for name, make in figures.items():
         files[name] = save_figure(make(), out_dir / f"{name}.png")
 
-    selection = _Selection(bundle.splits[split], data_config, context, split)
+    selection = Selection(chosen.split, data_config, context, split)
     if top_losses > 0:
-        files["top_losses"] = _top_losses_figure(selection, y_true, probs, y_pred, top_losses, out_dir)
+        files["top_losses"] = top_losses_figure(selection, y_true, probs, y_pred, top_losses, out_dir)
     if gradcam > 0:
-        files["gradcam"] = _gradcam_figure(selection, model, y_true, probs, y_pred, gradcam, out_dir)
+        files["gradcam"] = gradcam_figure(selection, model, y_true, probs, y_pred, gradcam, out_dir)
 
-    summary = write_summary(summary_facts(context, bundle.info, split, metrics))
+    summary = write_summary(summary_facts(context, chosen.info, split, metrics, external))
     files["summary"] = out_dir / "summary.md"
     files["summary"].write_text(summary)
     return EvaluationResult(split=split, out_dir=out_dir, metrics=metrics, report=report, files=files)
+
+
+def _safe_name(location: str) -> str:
+    name = Path(location).name or location
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def _calibration(y_true: np.ndarray, probs: np.ndarray) -> list[dict[str, Any]]:
@@ -154,114 +158,18 @@ def _calibration(y_true: np.ndarray, probs: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
-class _Selection:
-    """Model inputs of chosen examples of one split, preprocessed by the training pipeline."""
-
-    def __init__(self, split_data, data_config, context: RunContext, name: str):
-        self.split, self.config, self.context, self.name = split_data, data_config, context, name
-
-    def images(self, indices: np.ndarray) -> np.ndarray:
-        """Scaled float32 images (what the model saw) for `indices`, in the order given."""
-        from tfpipeline.data.pipeline import build_dataset
-
-        indices = np.asarray(indices, dtype=np.int64)
-        mask = np.zeros(len(self.split), dtype=bool)
-        mask[indices] = True
-        dataset = build_dataset(
-            self.split.subset(mask),
-            self.config,
-            scaling=self.context.scaling,
-            training=False,
-            num_classes=self.context.num_classes,
-            label_mode="int",
-            cache_name=f"{self.name}-selection",
-        )
-        images = np.concatenate([batch for batch, _ in dataset.as_numpy_iterator()])
-        position = {int(i): k for k, i in enumerate(np.flatnonzero(mask))}  # subset keeps split order
-        return images[[position[int(i)] for i in indices]]
-
-
-def _title(names, y_true, probs, y_pred, i: int) -> str:
-    pred = int(y_pred[i])
-    return f"true: {names[int(y_true[i])]}\npred: {names[pred]} (p={probs[i, pred]:.2f})"
-
-
-def _top_losses_figure(selection: _Selection, y_true, probs, y_pred, count: int, out_dir: Path) -> Path:
-    from tfpipeline.evaluation.metrics import top_losses
-    from tfpipeline.evaluation.plots import plot_image_grid, save_figure
-
-    order = top_losses(y_true, probs, len(y_true))
-    wrong = [int(i) for i in order if y_pred[i] != y_true[i]]
-    if wrong:
-        chosen = wrong[:count]
-        heading = f"Top losses: {len(chosen)} most confidently wrong of {len(wrong)} misclassified"
-    else:
-        chosen = [int(i) for i in order[:count]]
-        heading = "Top losses: nothing misclassified; highest-loss images shown"
-    names = selection.context.class_names
-    images = unscale_pixels(selection.images(np.array(chosen)), selection.context.scaling)
-    titles = [_title(names, y_true, probs, y_pred, i) for i in chosen]
-    figure = plot_image_grid(images, titles, ncols=min(4, len(chosen)), suptitle=heading)
-    return save_figure(figure, out_dir / "top_losses.png")
-
-
-def gradcam_class_targets(y_pred: np.ndarray, positive_index: int | None) -> np.ndarray:
-    """Class indices in Grad-CAM's convention: for one sigmoid unit, 1 = the positive class."""
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    if positive_index is None:
-        return y_pred
-    return (y_pred == positive_index).astype(np.int64)
-
-
-def balanced_sample(y_true: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Up to `count` random indices taking the classes in turn (true class 0, 1, ..., 0, 1, ...)."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y_true))
-    by_class = [list(order[y_true[order] == c]) for c in np.unique(y_true)]
-    chosen: list[int] = []
-    while len(chosen) < min(count, len(y_true)):
-        for members in by_class:
-            if members and len(chosen) < count:
-                chosen.append(int(members.pop(0)))
-    return np.array(chosen, dtype=np.int64)
-
-
-def _gradcam_figure(selection: _Selection, model, y_true, probs, y_pred, count: int, out_dir: Path) -> Path:
-    from tfpipeline.evaluation.gradcam import find_last_conv_layer, gradcam_heatmaps, plot_gradcam_grid
-    from tfpipeline.evaluation.plots import save_figure
-    from tfpipeline.models import get_spec
-
-    context = selection.context
-    chosen = balanced_sample(y_true, count, context.config.data.seed)
-    inputs = selection.images(chosen)
-    targets = gradcam_class_targets(y_pred[chosen], context.positive_index)
-    path = get_spec(context.config.model.name).gradcam_layer or find_last_conv_layer(model)
-    heatmaps = np.concatenate(
-        [
-            gradcam_heatmaps(
-                model, inputs[s : s + GRADCAM_CHUNK], targets[s : s + GRADCAM_CHUNK], layer_path=path
-            )
-            for s in range(0, len(chosen), GRADCAM_CHUNK)
-        ]
-    )
-    titles = [_title(context.class_names, y_true, probs, y_pred, int(i)) for i in chosen]
-    figure = plot_gradcam_grid(
-        unscale_pixels(inputs, context.scaling),
-        heatmaps,
-        titles,
-        ncols=2,
-        suptitle=f"Grad-CAM of the predicted class, {len(chosen)} {selection.name} images "
-        f"(layer {'/'.join(path)})",
-    )
-    return save_figure(figure, out_dir / "gradcam.png")
-
-
 # ---------------------------------------------------------------------------------------------
 # summary facts
 
 
-def summary_facts(context: RunContext, data_info, split: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The facts `write_summary` needs, from run.json, the config, history.csv and the metrics."""
+def summary_facts(
+    context: RunContext, data_info, split: str, metrics: dict[str, Any], external: bool = False
+) -> dict[str, Any]:
+    """The facts `write_summary` needs, from run.json, the config, history.csv and the metrics.
+
+    The data section describes what the model was trained on (run.json's counts); the evaluated
+    split, and whether it is external data the model never saw, is a fact of its own.
+    """
     import pandas as pd
 
     from tfpipeline.models import MODELS, get_spec
@@ -277,12 +185,18 @@ def summary_facts(context: RunContext, data_info, split: str, metrics: dict[str,
             k: float(last[k]) for k in history.columns if not k.startswith("val_") and k not in skip
         }
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list, str))}
-    val_metrics = scalars if split == "val" else (context.metrics.get("val") or {})
+    val_metrics = scalars if split == "val" and not external else (context.metrics.get("val") or {})
     facts: dict[str, Any] = {
         "run_name": f"{context.run.path.name} (evaluated on {split})",
-        "data_source": data_info.location,
+        "data_source": (info.get("data") or {}).get("location", config.data.data),
         "class_names": list(context.class_names),
-        "split_counts": data_info.counts,
+        "split_counts": (info.get("data") or {}).get("counts") or data_info.counts,
+        "evaluation_data": {
+            "location": data_info.location,
+            "split": split,
+            "counts": data_info.counts.get(split, {}),
+            "external": external,
+        },
         "model_name": config.model.name,
         "model_params": int(info.get("total_params") or 0),
         "trainable_params": info.get("trainable_params"),
@@ -302,7 +216,10 @@ def summary_facts(context: RunContext, data_info, split: str, metrics: dict[str,
         "augmentation": config.data.augment.enabled,
         "train_metrics": train_metrics,
         "val_metrics": val_metrics,
-        "test_metrics": scalars if split == "test" else None,
+        "test_metrics": scalars if split != "val" or external else None,
+        "test_label": "test"
+        if split == "test" and not external
+        else ("external " if external else "") + split,
     }
     if context.rule.binary:
         facts["threshold_policy"] = context.rule.policy

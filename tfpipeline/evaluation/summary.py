@@ -29,7 +29,10 @@ Optional keys
     class_weight        str     `none` or `balanced`
     augmentation        bool    any training augmentation on
     train_metrics       dict    last-epoch training metrics (same names), for the train-val gap
-    test_metrics        dict    scalar metrics on the test split
+    test_metrics        dict    scalar metrics on the test split (or another evaluated split)
+    test_label          str     column header of `test_metrics` (default `test`)
+    evaluation_data     dict    what was evaluated: `location`, `split`, `counts` {class: n},
+                                `external` (data the model was not trained or validated on)
     threshold_policy    str     `0.5`, `prior`, `tuned`, ... (binary tasks)
     threshold           float   the threshold value used
 
@@ -101,6 +104,15 @@ def _data(facts: Mapping[str, Any]) -> str:
             lines.append(f"- {split}: {total} images{detail}.")
         else:
             lines.append(f"- {split}: {int(counts)} images.")
+    evaluated = facts.get("evaluation_data")
+    if evaluated and evaluated.get("external"):
+        counts = evaluated.get("counts") or {}
+        detail = ", ".join(f"{k} {int(v)}" for k, v in list(counts.items())[:5])
+        lines.append(
+            f"- Evaluated on external data `{evaluated['location']}` ({evaluated['split']}: "
+            f"{sum(int(v) for v in counts.values())} images{'; ' + detail if detail else ''}), which the "
+            "model never saw in training or validation; the counts above are its training data."
+        )
     return "\n".join(lines)
 
 
@@ -148,7 +160,8 @@ def _results(facts: Mapping[str, Any]) -> str:
     if facts.get("threshold") is not None:
         policy = facts.get("threshold_policy", "given")
         lines.append(f"Decision threshold {_fmt(facts['threshold'])} (policy: {policy}).\n")
-    header = "| metric | val |" + (" test |" if test else "")
+    label = facts.get("test_label", "test")
+    header = "| metric | val |" + (f" {label} |" if test else "")
     lines += [header, "|---|---|" + ("---|" if test else "")]
     for name in names:
         row = f"| {name} | {_fmt(val.get(name))} |"
