@@ -12,46 +12,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
 
 from tfpipeline.cli import main
 from tfpipeline.config import ModelConfig, RunConfig
 
-COLOURS = {"blue": (40, 70, 210), "red": (210, 50, 40)}
-
-
-def write_split_folder(root: Path, counts=(("train", 10), ("val", 4), ("test", 2))) -> Path:
-    rng = np.random.default_rng(3)
-    for split, n in counts:
-        for name, colour in COLOURS.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                height, width = (32, 32) if i % 3 else (30, 44)
-                pixels = np.clip(np.array(colour) + rng.normal(0, 25, (height, width, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(
-                    folder / f"{name}_{i}.{'png' if i % 2 else 'jpg'}"
-                )
-    return root
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(tiny_run, tmp_path_factory) -> dict[str, Path]:
     """A 1-epoch small_cnn run (`vanilla`), plus a copy relabelled as batch norm + dropout.
 
     Only one model is trained (to keep the module fast); the copy gets a bn+dp config, more
-    parameters and different curves, which is all `compare` reads.
+    parameters and different curves, which is all `compare` reads. `data` is the split folder
+    (10 / 4 / 2 images per class) the run was trained on.
     """
-    root = tmp_path_factory.mktemp("compare_predict")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TFPIPELINE_CACHE_DIR", str(root / "cache"))
-        data = write_split_folder(root / "data")
-        argv = ["train", "--data", str(data), "--epochs", "1", "--image-size", "32", "--padding", "same"]
-        argv += ["--optimizer", "adam", "--lr", "0.01", "--batch-size", "8", "--cache", "none"]
-        argv += ["--run-dir", str(root / "vanilla")]
-        assert main(argv) == 0
-    (vanilla,) = list((root / "vanilla").iterdir())
-    variant = root / "bn_dp" / vanilla.name
+    vanilla = tiny_run(counts=(("train", 10), ("val", 4), ("test", 2)))
+    variant = tmp_path_factory.mktemp("compare_predict") / "bn_dp" / vanilla.name
     shutil.copytree(vanilla, variant)
     config = yaml.safe_load((variant / "config.yaml").read_text())
     config["model"].update(batchnorm=True, dropout=True)
@@ -63,7 +38,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for column in ("loss", "val_loss"):
         history[column] *= 0.9
     history.to_csv(variant / "history.csv", index=False)
-    return {"vanilla": vanilla, "bn+dp": variant, "data": data}
+    return {"vanilla": vanilla, "bn+dp": variant, "data": tiny_run.data(vanilla)}
 
 
 # ----------------------------------------------------------------------------- compare

@@ -16,7 +16,6 @@ from sklearn import metrics as skm
 from tfpipeline.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-COLOURS = {"blue": (40, 70, 210), "red": (210, 50, 40)}
 ARTEFACTS = (
     "classification_report.txt",
     "metrics.json",
@@ -28,41 +27,19 @@ ARTEFACTS = (
     "gradcam.png",
     "summary.md",
 )
-
-
-def write_split_folder(root: Path, counts=(("train", 12), ("val", 4), ("test", 4))) -> Path:
-    """train/val/test x blue/red images, 32x32 or 40x36, JPEG and PNG, told apart by colour."""
-    rng = np.random.default_rng(7)
-    for split, n in counts:
-        for name, colour in COLOURS.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                height, width = (32, 32) if i % 3 else (36, 40)
-                pixels = np.clip(np.array(colour) + rng.normal(0, 25, (height, width, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(
-                    folder / f"{name}_{i}.{'png' if i % 2 else 'jpg'}"
-                )
-    return root
-
-
-def train_tiny_run(data: Path, runs: Path, *extra: str) -> Path:
-    argv = ["train", "--data", str(data), "--epochs", "1", "--image-size", "32", "--padding", "same"]
-    argv += ["--optimizer", "adam", "--lr", "0.01", "--batch-size", "8", "--cache", "none"]
-    argv += ["--run-dir", str(runs), *extra]
-    assert main(argv) == 0
-    (run,) = [p for p in runs.iterdir() if p.is_dir() and p.name not in {"comparison"}]
-    return run
+COUNTS = (("train", 12), ("val", 4), ("test", 4))  # images per class
 
 
 @pytest.fixture(scope="module")
-def binary_run(tmp_path_factory) -> Path:
+def binary_run(tiny_run) -> Path:
     """One small_cnn run whose positive class is index 0 (`blue`), to exercise the mapping."""
-    root = tmp_path_factory.mktemp("evaluate")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TFPIPELINE_CACHE_DIR", str(root / "cache"))
-        data = write_split_folder(root / "data")
-        return train_tiny_run(data, root / "runs", "--positive-class", "blue", "--threshold", "0.4")
+    return tiny_run("--positive-class", "blue", "--threshold", "0.4", counts=COUNTS)
+
+
+@pytest.fixture(scope="module")
+def run_data(tiny_run, binary_run) -> Path:
+    """The split folder `binary_run` was trained on."""
+    return tiny_run.data(binary_run)
 
 
 def _predictions(run: Path, split: str):
@@ -137,22 +114,22 @@ def test_evaluate_val_split_and_out_folder(binary_run, tmp_path):
         assert metrics[key] == pytest.approx(run_val[key], abs=1e-9)
 
 
-def test_evaluate_missing_split_is_a_user_error(binary_run, tmp_path, capsys):
-    data = tmp_path / "no_test"
-    shutil.copytree(binary_run.parent.parent / "data" / "train", data / "train")
-    shutil.copytree(binary_run.parent.parent / "data" / "val", data / "val")
+def test_evaluate_missing_split_is_a_user_error(binary_run, run_data, tmp_path, capsys):
+    no_test = tmp_path / "no_test"
+    shutil.copytree(run_data / "train", no_test / "train")
+    shutil.copytree(run_data / "val", no_test / "val")
     code = main(
-        ["evaluate", str(binary_run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "o")]
+        ["evaluate", str(binary_run), "--data", str(no_test), "--split", "test", "--out", str(tmp_path / "o")]
     )
     err = capsys.readouterr().err
     assert code == 2
     assert "error:" in err and "no test split" in err and "Traceback" not in err
 
 
-def test_evaluate_split_all_scores_every_file_of_an_external_folder(binary_run, tmp_path, capsys):
+def test_evaluate_split_all_scores_every_file_of_an_external_folder(binary_run, run_data, tmp_path, capsys):
     # A class-only folder (what an out-of-domain set usually is): 3 + 5 images, too few to split.
     external = tmp_path / "other_faces"
-    source = binary_run.parent.parent / "data" / "test"
+    source = run_data / "test"
     for name, count in (("blue", 3), ("red", 5)):
         (external / name).mkdir(parents=True)
         for i, path in enumerate(sorted((source / name).iterdir())[:count] * 2):
@@ -169,13 +146,11 @@ def test_evaluate_split_all_scores_every_file_of_an_external_folder(binary_run, 
     assert "train: 24 images" in summary  # the run's own training data, not the external folder's
 
 
-def test_evaluate_split_all_refuses_other_classes(binary_run, tmp_path, capsys):
+def test_evaluate_split_all_refuses_other_classes(binary_run, run_data, tmp_path, capsys):
     external = tmp_path / "three"
     for name in ("blue", "green", "red"):
         (external / name).mkdir(parents=True)
-        shutil.copy(
-            next((binary_run.parent.parent / "data" / "val" / "red").iterdir()), external / name / "a.png"
-        )
+        shutil.copy(next((run_data / "val" / "red").iterdir()), external / name / "a.png")
     assert main(["evaluate", str(binary_run), "--data", str(external), "--split", "all"]) == 2
     err = capsys.readouterr().err
     assert "holds classes blue, green, red but the model knows blue, red" in err and "Traceback" not in err
@@ -188,7 +163,7 @@ def test_evaluate_not_a_run_folder(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--split", "train"]) == 2
 
 
-def test_gradcam_small_cnn_run_model(binary_run):
+def test_gradcam_small_cnn_run_model(binary_run, run_data):
     import keras
 
     from tfpipeline.data.decode import unscale_pixels
@@ -197,8 +172,7 @@ def test_gradcam_small_cnn_run_model(binary_run):
     from tfpipeline.evaluation.run_context import open_run
 
     model = keras.models.load_model(binary_run / "checkpoints" / "best.keras", compile=False)
-    folder = binary_run.parent.parent / "data" / "test"
-    files = sorted(folder.rglob("*_1.png"))  # one image per class
+    files = [sorted((run_data / "test" / cls).glob("*.png"))[0] for cls in ("blue", "red")]  # one per class
     images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in files])
     inputs = images.astype(np.float32) / 255.0  # the run's `unit` scaling
     assert open_run(binary_run).scaling == "unit"
@@ -242,21 +216,10 @@ def test_gradcam_class_targets_follow_the_positive_class():
 
 
 @pytest.mark.slow
-def test_evaluate_resnet50_head_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("TFPIPELINE_CACHE_DIR", str(tmp_path / "cache"))
-    data = write_split_folder(tmp_path / "data", counts=(("train", 4), ("val", 2), ("test", 2)))
-    argv = ["train", "--model", "resnet50_head", "--weights", "none", "--data", str(data), "--epochs", "1"]
-    argv += [
-        "--image-size",
-        "64",
-        "--batch-size",
-        "8",
-        "--cache",
-        "none",
-        "--run-dir",
-        str(tmp_path / "runs"),
-    ]
-    assert main(argv) == 0
-    (run,) = list((tmp_path / "runs").iterdir())
+def test_evaluate_resnet50_head_run(tiny_run):
+    # resnet50_head ignores --padding; sgd at lr 1e-3 (train's defaults) as this test always used
+    flags = ("--model", "resnet50_head", "--weights", "none", "--image-size", "64")
+    flags += ("--optimizer", "sgd", "--lr", "0.001")
+    run = tiny_run(*flags, counts=(("train", 4), ("val", 2), ("test", 2)))
     assert main(["evaluate", str(run), "--gradcam", "2", "--top-losses", "2"]) == 0
     assert (run / "evaluation" / "test" / "gradcam.png").is_file()

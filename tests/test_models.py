@@ -20,7 +20,7 @@ from tfpipeline.errors import UserError
 RNG = np.random.default_rng(0)
 
 # A small input each model accepts with its default options (small_cnn's valid padding needs 46).
-SMALL_SIDE = {"small_cnn": 48, "keras_cnn": 16, "resnet50_head": 32}
+SMALL_SIDE = {"small_cnn": 48, "keras_cnn": 16, "resnet50_head": 32, "fast_resnet": 16}
 
 
 def config_for(name: str, **overrides) -> ModelConfig:
@@ -50,7 +50,7 @@ def resnet_binary() -> keras.Model:
 
 
 def test_registry_entries_are_complete():
-    assert set(models.MODELS) == {"small_cnn", "resnet50_head", "keras_cnn"}
+    assert set(models.MODELS) == {"small_cnn", "resnet50_head", "keras_cnn", "fast_resnet"}
     for spec in models.MODELS.values():
         assert spec.description and "\n" not in spec.description
         assert spec.input_scaling in ("unit", "raw")

@@ -24,6 +24,12 @@ RESIZE_METHODS = ("stretch", "crop", "pad")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3")
 COLOR_MODES = ("rgb", "grayscale")
 SCALINGS = ("model", "unit", "symmetric", "raw")
+ACTIVATIONS = ("relu", "gelu")
+STEMS = ("plain", "whiten", "srm", "residual")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "cosine", "onecycle", "plateau")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+TTA_MODES = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,9 @@ class AugmentConfig:
 
     Every transform is off by default (a zero strength); strengths follow the matching Keras
     preprocessing layers: `rotation` is a fraction of a full turn, `zoom` and `translation` a
-    fraction of the image side, `brightness` and `contrast` a relative factor.
+    fraction of the image side, `brightness` and `contrast` a relative factor. `shift` moves
+    each image by a random whole number of pixels up to N in each direction, filling with the
+    reflected border (the classic pad-and-crop of small-image training; no interpolation blur).
     """
 
     flip: bool = False
@@ -41,17 +49,24 @@ class AugmentConfig:
     translation: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    shift: int = 0
 
     def __post_init__(self) -> None:
         for name in ("rotation", "zoom", "translation", "brightness", "contrast"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise UserError(f"augmentation '{name}' must be in [0, 1), got {value}")
+        if self.shift < 0:
+            raise UserError(f"--shift must be a non-negative number of pixels, got {self.shift}")
 
     @property
     def enabled(self) -> bool:
-        return self.flip or any(
-            getattr(self, n) > 0 for n in ("rotation", "zoom", "translation", "brightness", "contrast")
+        return (
+            self.flip
+            or self.shift > 0
+            or any(
+                getattr(self, n) > 0 for n in ("rotation", "zoom", "translation", "brightness", "contrast")
+            )
         )
 
 
@@ -131,6 +146,14 @@ class ModelConfig:
         fine_tune_layers: how many of the backbone's last layers to unfreeze (BatchNorm stays frozen).
         l2: L2 weight-decay factor on conv and dense kernels.
         padding: `valid` (the assessment's network) or `same` (allows small images).
+        activation: `relu` or `gelu` for models that offer both (`auto`: the model's own).
+        stem: the first layer(s), e.g. fast_resnet's `whiten` (patch-whitening initialised from
+            the training images) or `plain`; `auto`: the model's own.
+        init: `identity` starts square 3x3 convolutions as identity maps (dirac), `default`
+            keeps Keras' initialisers; `auto`: the model's own.
+        bn_momentum: BatchNormalization's moving-average momentum (Keras convention; 0: the
+            model's own). Short trainings want a low value (fast_resnet: 0.4).
+        head_scale: factor on the output layer's logits (0: the model's own; fast_resnet 1/9).
     """
 
     name: str = "small_cnn"
@@ -143,9 +166,21 @@ class ModelConfig:
     fine_tune_layers: int = 0
     l2: float = 0.0
     padding: str = "valid"
+    activation: str = "auto"
+    stem: str = "auto"
+    init: str = "auto"
+    bn_momentum: float = 0.0
+    head_scale: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("padding", self.padding, ("valid", "same"))
+        _choice("activation", self.activation, ("auto", *ACTIVATIONS))
+        _choice("stem", self.stem, ("auto", *STEMS))
+        _choice("init", self.init, ("auto", "default", "identity"))
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise UserError(f"--bn-momentum must be in [0, 1), got {self.bn_momentum}")
+        if self.head_scale < 0:
+            raise UserError(f"--head-scale must be positive (0: the model's own), got {self.head_scale}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise UserError(f"--dropout-rate must be in [0, 1), got {self.dropout_rate}")
         if self.l2 < 0:
@@ -156,13 +191,39 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and run bookkeeping. Defaults reproduce the assessment (SGD 1e-3, m=0.9)."""
+    """Optimisation and run bookkeeping. Defaults reproduce the assessment (SGD 1e-3, m=0.9).
+
+    Attributes (beyond the obvious):
+        nesterov: Nesterov momentum (SGD).
+        weight_decay: decoupled weight decay (each step shrinks weights by lr * weight_decay);
+            None: the optimiser's default (adamw 1e-4, otherwise none).
+        schedule: `cosine` decays to 0; `onecycle` rises linearly from 0.2 * lr to lr over the
+            first `warmup` share of steps, then falls linearly to 0.07 * lr (the triangular
+            schedule of fast CIFAR training); `plateau` halves lr when val loss stalls.
+        warmup: share of the steps spent rising (onecycle; default 0.23), or a linear warm-up
+            before cosine decay (default 0).
+        norm_lr_scale: learning-rate multiplier for BatchNorm offsets (SGD), which fast training
+            recipes raise far above the weights' rate.
+        ema: decay of an exponential moving average of the weights (0: off); validation,
+            checkpoints and the final model use the averaged weights.
+        tta: test-time augmentation at evaluation, prediction and in exported models: `flip`
+            averages the predictions of the image and its mirror image.
+        precision: `float32`, `bfloat16` / `float16` mixed precision, or `auto` (chosen from the
+            hardware: see `tfpipeline.hardware.choose_precision`).
+    """
 
     epochs: int = 10
     optimizer: str = "sgd"
     lr: float = 1e-3
     momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float | None = None
     schedule: str = "none"
+    warmup: float | None = None
+    norm_lr_scale: float = 1.0
+    ema: float = 0.0
+    tta: str = "none"
+    precision: str = "auto"
     early_stopping: int = 0
     class_weight: str = "none"
     label_smoothing: float = 0.0
@@ -172,8 +233,24 @@ class TrainConfig:
     steps_per_execution: int = 1
 
     def __post_init__(self) -> None:
-        _choice("optimizer", self.optimizer, ("sgd", "adam", "adamw"))
-        _choice("schedule", self.schedule, ("none", "cosine", "plateau"))
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("tta", self.tta, TTA_MODES)
+        _choice("precision", self.precision, PRECISIONS)
+        if self.nesterov and self.optimizer != "sgd":
+            raise UserError(f"--nesterov applies to --optimizer sgd, not {self.optimizer}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be non-negative, got {self.weight_decay}")
+        if self.warmup is not None and not 0.0 <= self.warmup < 1.0:
+            raise UserError(f"--warmup is a share of the training steps in [0, 1), got {self.warmup}")
+        if self.warmup and self.schedule not in ("cosine", "onecycle"):
+            raise UserError(f"--warmup applies to --schedule cosine or onecycle, not {self.schedule}")
+        if self.norm_lr_scale <= 0:
+            raise UserError(f"--norm-lr-scale must be positive, got {self.norm_lr_scale}")
+        if self.norm_lr_scale != 1.0 and self.optimizer != "sgd":
+            raise UserError("--norm-lr-scale applies to --optimizer sgd (adaptive optimisers rescale steps)")
+        if not 0.0 <= self.ema < 1.0:
+            raise UserError(f"--ema is a decay in [0, 1) (e.g. 0.999; 0: off), got {self.ema}")
         _choice("class_weight", self.class_weight, ("none", "balanced"))
         check_policy(self.threshold)
         if self.epochs < 1:

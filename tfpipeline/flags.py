@@ -14,9 +14,15 @@ from dataclasses import fields
 from typing import Any
 
 from tfpipeline.config import (
+    ACTIVATIONS,
     INTERPOLATIONS,
+    OPTIMIZERS,
+    PRECISIONS,
     RESIZE_METHODS,
     SCALINGS,
+    SCHEDULES,
+    STEMS,
+    TTA_MODES,
     AugmentConfig,
     DataConfig,
     ModelConfig,
@@ -107,6 +113,12 @@ def add_data_flags(parser: argparse.ArgumentParser, *, with_data: bool = True) -
 def add_augment_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("augmentation (training batches only; all off by default)")
     group.add_argument("--flip", action="store_true", help="random horizontal flips")
+    group.add_argument(
+        "--shift",
+        type=int,
+        metavar="PIXELS",
+        help="random whole-pixel shifts up to PIXELS (reflected border)",
+    )
     for name, meaning in (
         ("rotation", "fraction of a full turn"),
         ("zoom", "fraction of the side"),
@@ -129,16 +141,52 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fine-tune-layers", type=int, help="unfreeze the backbone's last N layers")
     group.add_argument("--l2", type=float, help="L2 weight decay on kernels")
     group.add_argument("--padding", choices=("valid", "same"), help="conv padding (same allows small images)")
+    group.add_argument(
+        "--activation", choices=("auto", *ACTIVATIONS), help="models offering a choice: relu or gelu"
+    )
+    group.add_argument(
+        "--stem",
+        choices=("auto", *STEMS),
+        help="first layer: whiten (from the training images' patches), plain conv, srm or residual "
+        "(fixed high-pass filters); see `tfpipeline models` for what each model accepts",
+    )
+    group.add_argument("--init", choices=("auto", "default", "identity"), help="identity: dirac conv init")
+    group.add_argument(
+        "--bn-momentum", type=float, help="BatchNorm moving-average momentum (Keras convention)"
+    )
+    group.add_argument("--head-scale", type=float, help="factor on the output logits (0: the model's own)")
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
     group.add_argument("--config", help="YAML file with any of these options (flags override it)")
     group.add_argument("--epochs", type=int, help="default 10")
-    group.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="default sgd")
+    group.add_argument("--recipe", help="a named training recipe (`tfpipeline recipes`); flags override it")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd")
     group.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     group.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    group.add_argument("--schedule", choices=("none", "cosine", "plateau"), help="learning-rate schedule")
+    group.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    group.add_argument(
+        "--weight-decay", type=float, help="decoupled weight decay (default: adamw 1e-4, else 0)"
+    )
+    group.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="learning-rate schedule: cosine, onecycle (triangular: up, then down), plateau",
+    )
+    group.add_argument(
+        "--warmup", type=float, metavar="SHARE", help="share of steps warming up (cosine/onecycle)"
+    )
+    group.add_argument("--norm-lr-scale", type=float, help="SGD: lr multiplier for BatchNorm offsets")
+    group.add_argument("--ema", type=float, metavar="DECAY", help="average the weights (e.g. 0.999); 0: off")
+    group.add_argument(
+        "--tta", choices=TTA_MODES, help="test-time augmentation: flip averages image + mirror"
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto (default: from the hardware), float32, bfloat16, float16",
+    )
     group.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="epochs without improvement")
     group.add_argument("--class-weight", choices=("none", "balanced"), help="weight classes by frequency")
     group.add_argument("--label-smoothing", type=float, help="default 0")
@@ -193,13 +241,26 @@ def _flatten_yaml(values: dict[str, Any], where: str) -> dict[str, dict]:
 
 
 # Namespace entries that are CLI plumbing, not configuration.
-_NOT_CONFIG = {"config", "command", "debug", "func", "action", "resume", "subcommand", "argv"}
+_NOT_CONFIG = {"config", "command", "debug", "func", "action", "resume", "subcommand", "argv", "recipe"}
+
+
+def chosen_recipe(args: argparse.Namespace):
+    """The `--recipe` named on the command line, loaded (None without one)."""
+    name = getattr(args, "recipe", None)
+    if not name:
+        return None
+    from tfpipeline.recipes import load_recipe
+
+    return load_recipe(name)
 
 
 def resolve_run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults <- `base` (e.g. a resumed run's config) <- `--config` YAML <- typed flags."""
+    """Defaults <- `--recipe` <- `base` (e.g. a resumed run's config) <- `--config` YAML <- flags."""
     nested: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     layers = []
+    recipe = chosen_recipe(args)
+    if recipe is not None:
+        layers.append(_flatten_yaml(recipe.options, f"recipe {recipe.name}"))
     if base:
         layers.append(_flatten_yaml(base, "base config"))
     config_file = getattr(args, "config", None)

@@ -1,10 +1,10 @@
 """Library entry points that chain the stages: what `tfpipeline train` does, as one call.
 
 `run_training(config)` trains a model into a run folder (the training stage), then predicts
-the validation and test splits with the best checkpoint, resolves the run's decision rule on
-validation, and writes metrics.json and the standard plots (the evaluation stage). The CLI, the
-tuner's `--train-best` and the notebooks all call it, so every run folder made by any of them
-is complete.
+the validation and test splits with the best checkpoint (through the run's test-time
+augmentation), resolves the run's decision rule on validation, and writes metrics.json and the
+standard plots (the evaluation stage). The CLI, the tuner's `--train-best` and the notebooks
+all call it, so every run folder made by any of them is complete.
 
 This module sits after training and evaluation in the stage order and imports both; nothing
 upstream imports it.
@@ -72,6 +72,7 @@ def run_training(
     resume: bool = False,
     extra_callbacks: Sequence[Callable[..., keras.callbacks.Callback]] = (),
     verbose: str | int = "auto",
+    recipe: dict | None = None,
 ) -> RunResult:
     """Train `config` into a run folder and write its final metrics and plots.
 
@@ -82,6 +83,7 @@ def run_training(
         extra_callbacks: more callback factories `(bundle, run, prepared) -> Callback`.
         verbose: Keras verbosity; "auto" is a progress bar on a terminal and one line per epoch
             otherwise (see :func:`tfpipeline.training.fit.fit_verbosity`).
+        recipe: `{"name", "version"}` of the recipe the config came from, recorded in run.json.
 
     Returns:
         The finished run with metrics.json's content.
@@ -90,6 +92,7 @@ def run_training(
         UserError: for data, model or option problems, before any training starts.
     """
     from tfpipeline.evaluation.run_report import predict_split, write_run_report
+    from tfpipeline.models.tta import with_tta
 
     result = train(
         config,
@@ -97,11 +100,13 @@ def run_training(
         resume=resume,
         extra_callbacks=[_figures_callback, *extra_callbacks],
         verbose=verbose,
+        facts={"recipe": recipe} if recipe else None,
     )
     info = result.bundle.info
+    model = with_tta(result.model, config.train.tta)
     predictions = {
         split: predict_split(
-            result.model, dataset, result.bundle.splits[split].labels, info.num_classes, info.positive_index
+            model, dataset, result.bundle.splits[split].labels, info.num_classes, info.positive_index
         )
         for split, dataset in (("val", result.bundle.val), ("test", result.bundle.test))
         if dataset is not None

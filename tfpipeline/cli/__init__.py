@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(argv)  # for commands that re-run themselves in a fresh process (tune)
+        if args.command is not None:
+            from tfpipeline.hardware import apply_onednn_default
+
+            apply_onednn_default()  # before TensorFlow loads: it reads the variable once
         if not debug and args.command is not None:
             import_tensorflow_quietly()
         return int(args.func(args) or 0)

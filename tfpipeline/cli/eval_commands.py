@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tfpipeline.config import TTA_MODES
 from tfpipeline.flags import int_at_least, parse_names
 
 
@@ -18,6 +19,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out=args.out,
         gradcam=args.gradcam,
         top_losses=args.top_losses,
+        tta=args.tta,
     )
     metrics = result.metrics
     where = f"{result.split} split of {metrics['data']} ({metrics['num_samples']} images)"
@@ -64,7 +66,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.inputs)
     if args.csv:  # fail on colliding IDs before loading anything
         submission_rows(paths, [0] * len(paths), ["?"], "index", args.id_format)
-    predictor = load_predictor(args.model)
+    predictor = load_predictor(args.model, args.tta)
     files, probs, skipped = predict_files(
         predictor, paths, batch_size=args.batch_size, skip_bad=args.skip_bad
     )
@@ -112,6 +114,7 @@ def register(commands) -> None:
         metavar="N",
         help="most confidently wrong images (default 9; 0: none)",
     )
+    evaluate.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's own)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     compare = commands.add_parser(
@@ -160,4 +163,5 @@ def register(commands) -> None:
         "--batch-size", type=int_at_least(1), default=32, help="images per batch (default 32)"
     )
     predict.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    predict.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's own)")
     predict.set_defaults(func=cmd_predict)

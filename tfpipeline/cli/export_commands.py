@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from tfpipeline.config import TTA_MODES
 from tfpipeline.flags import int_at_least
 
 
@@ -17,7 +18,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
     result = export_run(
-        args.run, out=args.out, fmt=args.format, version=args.version, name=args.name, force=args.force
+        args.run,
+        out=args.out,
+        fmt=args.format,
+        version=args.version,
+        name=args.name,
+        force=args.force,
+        tta=args.tta,
     )
     meta = result.metadata
     print(f"exported {result.format} to {result.path} ({result.size_bytes:,} bytes)")
@@ -30,6 +37,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     h, w = meta["input"]["image_size"]
     print(f"  input: {h}x{w} {meta['input']['color_mode']}, scaling {meta['input']['scaling']}")
+    if meta.get("tta", "none") != "none":
+        print(f"  test-time augmentation in the graph: {meta['tta']}")
     if result.format == "saved_model":
         print("  signatures: serving_default (image_bytes), predict_images (float32), predict_images_uint8")
     for fmt in ("tflite", "onnx"):
@@ -74,4 +83,9 @@ def register(commands) -> None:
     )
     export.add_argument("--name", help="model name in the layout (default: the run's model name)")
     export.add_argument("--force", action="store_true", help="overwrite an existing version")
+    export.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        help="test-time augmentation inside the exported graph (default: the run's)",
+    )
     export.set_defaults(func=cmd_export)

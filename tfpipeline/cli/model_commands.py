@@ -9,6 +9,7 @@ from tfpipeline.flags import (
     add_data_flags,
     add_model_flags,
     add_train_flags,
+    chosen_recipe,
     parse_image_size,
     resolve_run_config,
 )
@@ -56,13 +57,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tfpipeline.workflow import run_training
 
     run = None
+    recipe = chosen_recipe(args)
     if args.resume:
         run = RunFolder.open(args.resume)
         config = resolve_run_config(args, base=_stored(run))
     else:
         config = resolve_run_config(args)
-    report_training(run_training(config, run=run, resume=run is not None))
+    if recipe is not None:
+        print(f"recipe {recipe.name} v{recipe.version}: {recipe.purpose}")
+    result = run_training(config, run=run, resume=run is not None, recipe=recipe.record() if recipe else None)
+    report_training(result)
     return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from tfpipeline.recipes import list_recipes, load_recipe
+
+    if args.name:
+        recipe = load_recipe(args.name)
+        print(f"{recipe.name} (version {recipe.version}): {recipe.purpose}")
+        for key, value in recipe.expected.items():
+            print(f"  expected {key}: {value}")
+        print("options (the `--config` schema; flags override them):")
+        for key, value in recipe.options.items():
+            print(f"  {key}: {value}")
+        return 0
+    rows = [
+        (r.name, f"v{r.version}", r.model, str(r.expected.get("result", "")), _seconds(r.expected), r.purpose)
+        for r in list_recipes()
+    ]
+    from tabulate import tabulate
+
+    print(tabulate(rows, headers=("recipe", "version", "model", "measured result", "time", "purpose")))
+    print("\nuse: tfpipeline train --recipe NAME --data FOLDER [flags override the recipe]")
+    return 0
+
+
+def _seconds(expected: dict) -> str:
+    seconds = expected.get("seconds")
+    if seconds is None:
+        return ""
+    return f"{float(seconds) / 60:.0f} min" if float(seconds) >= 120 else f"{float(seconds):.0f} s"
 
 
 def report_training(result) -> None:
@@ -102,6 +137,15 @@ def register(commands) -> None:
     show.add_argument("--weights", default="none", help="none (default here), imagenet or a file")
     show.set_defaults(func=cmd_models_show)
     models.set_defaults(func=cmd_models)
+
+    recipes = commands.add_parser(
+        "recipes",
+        help="list the shipped training recipes with their measured results; `recipes NAME` shows one",
+        description="Named training configurations with the accuracy and time we measured. Use one with "
+        "`tfpipeline train --recipe NAME --data FOLDER`; any flag overrides the recipe.",
+    )
+    recipes.add_argument("name", nargs="?", help="show this recipe's options")
+    recipes.set_defaults(func=cmd_recipes)
 
     train = commands.add_parser(
         "train",

@@ -13,11 +13,11 @@ import hashlib
 import os
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline.config import AugmentConfig, DataConfig
+from tfpipeline.config import DataConfig
+from tfpipeline.data.augment import make_augmenter
 from tfpipeline.data.decode import encoded_to_pixels, match_channels, resize_image, scale_pixels
 from tfpipeline.data.split import Split
 
@@ -69,30 +69,6 @@ def cache_path(split: Split, config: DataConfig, cache_name: str) -> str:
         prefix = prefix / "tfdata"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     return f"{prefix}-{cache_name}-{digest.hexdigest()[:12]}"
-
-
-def make_augmenter(augment: AugmentConfig, seed: int) -> keras.Sequential | None:
-    """Random Keras preprocessing layers for images in [0, 255]; None when all are off."""
-    if not augment.enabled:
-        return None
-    layers = []
-    if augment.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if augment.rotation:
-        layers.append(keras.layers.RandomRotation(augment.rotation, fill_mode="reflect", seed=seed + 1))
-    if augment.zoom:
-        layers.append(keras.layers.RandomZoom(augment.zoom, fill_mode="reflect", seed=seed + 2))
-    if augment.translation:
-        layers.append(
-            keras.layers.RandomTranslation(
-                augment.translation, augment.translation, fill_mode="reflect", seed=seed + 3
-            )
-        )
-    if augment.brightness:
-        layers.append(keras.layers.RandomBrightness(augment.brightness, value_range=(0, 255), seed=seed + 4))
-    if augment.contrast:
-        layers.append(keras.layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed + 5))
-    return keras.Sequential(layers, name="augmentation")
 
 
 def build_dataset(

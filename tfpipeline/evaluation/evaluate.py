@@ -47,6 +47,7 @@ def evaluate_run(
     out: str | Path | None = None,
     gradcam: int = 8,
     top_losses: int = 9,
+    tta: str | None = None,
 ) -> EvaluationResult:
     """Evaluate a run's checkpoint on `split` and write every artefact.
 
@@ -60,6 +61,7 @@ def evaluate_run(
             for other data).
         gradcam: number of images in the Grad-CAM grid (0: none).
         top_losses: number of images in the top-losses grid (0: none).
+        tta: test-time augmentation of the predictions (default: the run's own).
 
     Raises:
         UserError: not a run folder, the split does not exist, the data's classes differ.
@@ -76,6 +78,7 @@ def evaluate_run(
     )
     from tfpipeline.evaluation.run_report import class_probabilities
     from tfpipeline.evaluation.summary import write_summary
+    from tfpipeline.models.tta import with_tta
 
     context = open_run(run_path)
     own = context.config.data
@@ -94,9 +97,10 @@ def evaluate_run(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     model = load_run_model(context)
+    tta = tta or context.config.train.tta
     y_true = np.asarray(chosen.split.labels)
     probs = class_probabilities(
-        model.predict(chosen.dataset, verbose=0), context.num_classes, context.positive_index
+        with_tta(model, tta).predict(chosen.dataset, verbose=0), context.num_classes, context.positive_index
     )
     rule = context.rule
     names = list(context.class_names)
@@ -107,6 +111,7 @@ def evaluate_run(
         "split": split,
         "data": chosen.info.location,
         "external_data": external,
+        "tta": tta,
         "checkpoint": str(context.run.model_checkpoint().relative_to(context.run.path)),
         **classification_metrics(y_true, probs, names, rule=rule),
     }

@@ -73,36 +73,43 @@ class RunPredictor:
     def __call__(self, batch) -> np.ndarray:
         from tfpipeline.evaluation.run_report import class_probabilities
 
-        raw = self.model.predict_on_batch(batch)
+        raw = self.model.predict_on_batch(batch)  # the TTA-wrapped model when the run uses TTA
         return class_probabilities(np.asarray(raw), len(self.class_names), self.rule.positive_index)
 
 
-def load_run_predictor(path: Path) -> RunPredictor:
+def load_run_predictor(path: Path, tta: str | None = None) -> RunPredictor:
     from tfpipeline.evaluation.run_context import load_run_model, open_run
+    from tfpipeline.models.tta import with_tta
 
     context = open_run(path)
-    return RunPredictor(model=load_run_model(context), spec=ServingSpec.from_context(context))
+    spec = ServingSpec.from_context(context, tta)
+    return RunPredictor(model=with_tta(load_run_model(context), spec.tta), spec=spec)
 
 
-# (matches(path), load(path)) pairs, tried in order; the first match loads the predictor.
-_LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path], Predictor]]] = [
+# (matches(path), load(path, tta)) pairs, tried in order; the first match loads the predictor.
+_LOADERS: list[tuple[Callable[[Path], bool], Callable[..., Predictor]]] = [
     (lambda path: (path / "config.yaml").is_file(), load_run_predictor),
 ]
 
 
-def register_loader(matches: Callable[[Path], bool], load: Callable[[Path], Predictor]) -> None:
+def register_loader(matches: Callable[[Path], bool], load: Callable[..., Predictor]) -> None:
     """Teach :func:`load_predictor` a new folder format (e.g. an exported model), tried first."""
     _LOADERS.insert(0, (matches, load))
 
 
-def load_predictor(path: str | Path) -> Predictor:
-    """The predictor stored at `path` (a run folder, or any registered format)."""
+def load_predictor(path: str | Path, tta: str | None = None) -> Predictor:
+    """The predictor stored at `path` (a run folder, or any registered format).
+
+    Args:
+        tta: test-time augmentation, overriding the run's own (`none`, `flip`); exports carry
+            theirs inside the graph and refuse a different one.
+    """
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such folder (expected a run folder or an export)")
     for matches, load in _LOADERS:
         if matches(path):
-            return load(path)
+            return load(path, tta)
     raise UserError(f"{path}: neither a tfpipeline run folder (no config.yaml) nor an export")
 
 

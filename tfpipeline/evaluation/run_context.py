@@ -103,7 +103,8 @@ def run_rule(
 
 
 def load_run_model(context: RunContext):
-    """The run's best checkpoint (last when there is no best), uncompiled."""
+    """The run's best checkpoint (last when there is no best), uncompiled (without TTA: wrap it
+    with :func:`tfpipeline.models.tta.with_tta` to predict as the run does)."""
     import keras
 
     import tfpipeline.models  # noqa: F401  (registers ResNet50Preprocess for deserialisation)
@@ -127,6 +128,7 @@ class ServingSpec:
         channels: 1 or 3.
         resize / interpolation: the run's resize method and interpolation.
         scaling: `unit`, `symmetric` or `raw` (run.json's resolved pixel range).
+        tta: test-time augmentation applied to every prediction (`none` or `flip`).
     """
 
     class_names: tuple[str, ...]
@@ -136,6 +138,7 @@ class ServingSpec:
     resize: str
     interpolation: str
     scaling: str
+    tta: str = "none"
 
     @property
     def binary(self) -> bool:
@@ -154,8 +157,8 @@ class ServingSpec:
         return (*self.image_size, self.channels)
 
     @classmethod
-    def from_context(cls, context: RunContext) -> ServingSpec:
-        """The serving facts of an opened run."""
+    def from_context(cls, context: RunContext, tta: str | None = None) -> ServingSpec:
+        """The serving facts of an opened run (`tta`: override the run's own)."""
         data = context.config.data
         return cls(
             class_names=tuple(context.class_names),
@@ -165,4 +168,5 @@ class ServingSpec:
             resize=data.resize,
             interpolation=data.interpolation,
             scaling=context.scaling,
+            tta=tta or context.config.train.tta,
         )

@@ -132,6 +132,7 @@ def export_run(
     version: int | None = None,
     name: str | None = None,
     force: bool = False,
+    tta: str | None = None,
 ) -> ExportResult:
     """Export a finished run's best checkpoint (see the module docstring).
 
@@ -142,19 +143,22 @@ def export_run(
         version: the version number; default one more than the highest existing version.
         name: the model name in the layout; default the run's model name.
         force: replace an existing version.
+        tta: test-time augmentation built into the exported graph (default: the run's own), so
+            served predictions equal `evaluate`'s.
 
     Raises:
         UserError: not a finished run, an unknown format, or the version exists without `force`.
     """
     from tfpipeline.evaluation.run_context import load_run_model, open_run
+    from tfpipeline.models.tta import with_tta
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}; got '{fmt}'")
     context = open_run(run)
     name = name or context.config.model.name
     target, version = resolve_target(out, name, version, force)
-    spec = ServingSpec.from_context(context)
-    model = load_run_model(context)
+    spec = ServingSpec.from_context(context, tta)
+    model = with_tta(load_run_model(context), spec.tta)  # every format predicts as evaluate did
     metadata = build_metadata(context, spec, name=name, version=version, fmt=fmt)
 
     target.parent.mkdir(parents=True, exist_ok=True)

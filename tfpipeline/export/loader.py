@@ -154,17 +154,28 @@ def spec_from_metadata(meta: dict[str, Any]) -> ServingSpec:
         resize=inp["resize"],
         interpolation=inp["interpolation"],
         scaling=inp["scaling"],
+        tta=meta.get("tta", "none"),
     )
 
 
-def load_export(path: str | Path) -> ExportedModel:
+def load_export(path: str | Path, tta: str | None = None) -> ExportedModel:
     """Load the export at `path` (a version folder, or a model folder: its highest version).
 
+    Args:
+        tta: the test-time augmentation the caller expects; an export carries its own (in the
+            graph, or applied on load for the keras format) and cannot change it.
+
     Raises:
-        UserError: `path` is not an export, or its model file is missing or unloadable.
+        UserError: `path` is not an export, its model file is missing or unloadable, or `tta`
+            differs from the export's.
     """
     folder = resolve_export_dir(path)
     meta = read_metadata(folder)
+    exported_tta = meta.get("tta", "none")
+    if tta is not None and tta != exported_tta:
+        raise UserError(
+            f"{folder}: exported with --tta {exported_tta}; re-export the run with --tta {tta} to change it"
+        )
     fmt = meta.get("format")
     if fmt not in MODEL_FILES:
         raise UserError(f"{folder}: unknown export format '{fmt}' in metadata.json")
@@ -182,8 +193,9 @@ def load_export(path: str | Path) -> ExportedModel:
             import keras
 
             import tfpipeline.models  # noqa: F401  (registers custom layers for deserialisation)
+            from tfpipeline.models.tta import with_tta
 
-            model = keras.models.load_model(model_file, compile=False)
+            model = with_tta(keras.models.load_model(model_file, compile=False), exported_tta)
     except (OSError, ValueError) as exc:
         raise UserError(f"{model_file}: cannot load the exported model ({exc})") from exc
     return ExportedModel(path=folder, metadata=meta, spec=spec_from_metadata(meta), _model=model)

@@ -92,6 +92,7 @@ def build_metadata(context: Any, spec: Any, *, name: str, version: int, fmt: str
         "positive_class": positive,
         "positive_index": spec.positive_index,
         "threshold": spec.rule.to_json(),
+        "tta": spec.tta,
         "input": {
             "image_size": list(spec.image_size),
             "channels": spec.channels,

@@ -23,6 +23,15 @@ import numpy as np
 from tfpipeline.config import ModelConfig
 from tfpipeline.errors import UserError
 from tfpipeline.models.common import InputShape, min_conv_pool_side, output_layer
+from tfpipeline.models.fast_resnet import (
+    FAST_RESNET_SEARCH,
+    PartialIdentity,
+    build_fast_resnet,
+    init_whitening,
+)
+from tfpipeline.models.fast_resnet import (
+    MIN_SIDE as FAST_RESNET_MIN_SIDE,
+)
 from tfpipeline.models.resnet import (
     RESNET50_HEAD_SEARCH,
     RESNET50_MIN_SIDE,
@@ -42,6 +51,7 @@ __all__ = [
     "MODELS",
     "InputShape",
     "ModelSpec",
+    "PartialIdentity",
     "ResNet50Preprocess",
     "build_model",
     "get_spec",
@@ -109,6 +119,15 @@ MODELS: dict[str, ModelSpec] = {
         search_space=RESNET50_HEAD_SEARCH,
         pretrained=is_pretrained,
         can_be_pretrained=True,
+    ),
+    "fast_resnet": ModelSpec(
+        build_fast_resnet,
+        "fast small-image network: data-whitened stem, 3 BatchNorm conv groups (64/256/256), scaled "
+        "linear head (the CIFAR-10 recipe's model)",
+        input_scaling="unit",
+        min_image_size=FAST_RESNET_MIN_SIDE,
+        search_space=FAST_RESNET_SEARCH,
+        data_init=init_whitening,
     ),
     "keras_cnn": ModelSpec(
         build_keras_cnn,

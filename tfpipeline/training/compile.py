@@ -6,18 +6,60 @@ import keras
 
 from tfpipeline.config import TrainConfig
 from tfpipeline.training.metrics import training_metrics
+from tfpipeline.training.optimizers import OneCycle, ScaledSGD, WarmupCosine
+
+ADAMW_DEFAULT_DECAY = 1e-4
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    """SGD (with momentum), Adam or AdamW; cosine decay over the whole run when asked."""
-    lr = config.lr
+def learning_rate(config: TrainConfig, total_steps: int):
+    """The learning rate: a number, or a schedule over the run's `total_steps`."""
     if config.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, total_steps))
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum)
+        return WarmupCosine(config.lr, total_steps, warmup=config.warmup or 0.0)
+    if config.schedule == "onecycle":
+        return OneCycle(config.lr, total_steps, warmup=config.warmup if config.warmup is not None else 0.23)
+    return config.lr
+
+
+def norm_offsets(model: keras.Model) -> tuple[str, ...]:
+    """Paths of the model's BatchNormalization offsets (beta), nested models included."""
+    return tuple(
+        layer.beta.path
+        for layer in _all_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.center and layer.trainable
+    )
+
+
+def _all_layers(model: keras.Model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def make_optimizer(config: TrainConfig, total_steps: int, model: keras.Model | None = None):
+    """SGD (momentum, Nesterov), Adam or AdamW with the run's schedule, decoupled weight decay
+    and optional weight averaging (`ema`).
+
+    Args:
+        config: the training options.
+        total_steps: optimiser steps in the whole run (sets the schedules' length).
+        model: the model being trained (needed for `norm_lr_scale`, to find its BatchNorm offsets).
+    """
+    lr = learning_rate(config, total_steps)
+    common = {"use_ema": config.ema > 0, "ema_momentum": config.ema or 0.99}
+    decay = config.weight_decay
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(
+            learning_rate=lr, weight_decay=ADAMW_DEFAULT_DECAY if decay is None else decay, **common
+        )
+    if decay:
+        common["weight_decay"] = decay
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=1e-4)
+        return keras.optimizers.Adam(learning_rate=lr, **common)
+    sgd = {"learning_rate": lr, "momentum": config.momentum, "nesterov": config.nesterov, **common}
+    if config.norm_lr_scale != 1.0 and model is not None:
+        return ScaledSGD(scaled_paths=norm_offsets(model), scale=config.norm_lr_scale, **sgd)
+    return keras.optimizers.SGD(**sgd)
 
 
 def make_loss(num_classes: int, label_smoothing: float) -> keras.losses.Loss:
@@ -37,12 +79,12 @@ def compile_model(
     """Compile `model` in place for training and return it.
 
     Args:
-        steps_per_epoch: batches per epoch (sets the cosine schedule's length).
+        steps_per_epoch: batches per epoch (sets the schedules' length).
         threshold: binary decision threshold for accuracy/precision/recall/F1 while training
             (the epoch rule's; None for multi-class models).
     """
     model.compile(
-        optimizer=make_optimizer(config, config.epochs * steps_per_epoch),
+        optimizer=make_optimizer(config, config.epochs * steps_per_epoch, model),
         loss=make_loss(num_classes, config.label_smoothing),
         metrics=training_metrics(num_classes, threshold),
         steps_per_execution=config.steps_per_execution,

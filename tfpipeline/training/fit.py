@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -27,10 +27,14 @@ from tfpipeline.config import RunConfig
 from tfpipeline.data import DataBundle, load_data
 from tfpipeline.decision import DecisionRule
 from tfpipeline.errors import UserError
+from tfpipeline.hardware import PrecisionChoice, choose_precision, cpu_info, machine_record, visible_gpus
 from tfpipeline.models import build_model, get_spec, parameter_counts
+from tfpipeline.training.callbacks import make_callbacks
 from tfpipeline.training.compile import compile_model
 from tfpipeline.training.metrics import monitor_metric
 from tfpipeline.training.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,18 +49,6 @@ class TrainResult:
     scaling: str
     train_seconds: float
     stopped_early: bool
-
-
-class EpochStats(keras.callbacks.Callback):
-    """Adds `epoch_seconds` and `learning_rate` to each epoch's logs (so CSVLogger keeps them)."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["epoch_seconds"] = round(time.perf_counter() - self._start, 3)
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
 def resolve_scaling(config: RunConfig) -> str:
@@ -89,42 +81,6 @@ def binary_targets(bundle: DataBundle, split: str) -> np.ndarray:
     return (bundle.splits[split].labels == bundle.info.positive_index).astype(np.int32)
 
 
-def _best_so_far(history_file: Path, monitor: str) -> float | None:
-    if not history_file.is_file():
-        return None
-    history = pd.read_csv(history_file)
-    return float(history[monitor].max()) if monitor in history and len(history) else None
-
-
-def make_callbacks(run: RunFolder, config: RunConfig, num_classes: int, resume: bool) -> list:
-    monitor = monitor_metric(num_classes)
-    (run.path / "checkpoints").mkdir(exist_ok=True)
-    callbacks = [
-        EpochStats(),
-        keras.callbacks.BackupAndRestore(str(run.backup_dir), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(
-            str(run.best_checkpoint),
-            monitor=monitor,
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=_best_so_far(run.history_file, monitor) if resume else None,
-        ),
-        keras.callbacks.ModelCheckpoint(str(run.last_checkpoint)),
-        keras.callbacks.CSVLogger(str(run.history_file), append=resume),
-        keras.callbacks.TensorBoard(str(run.tensorboard_dir), write_graph=False, profile_batch=0),
-    ]
-    if config.train.early_stopping > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=config.train.early_stopping)
-        )
-    if config.train.schedule == "plateau":
-        patience = max(1, config.train.early_stopping // 2) if config.train.early_stopping else 2
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=patience, min_lr=1e-6)
-        )
-    return callbacks
-
-
 def _positive_first(bundle: DataBundle, dataset):
     """For binary data whose positive class is index 0, flip targets so 1 = positive."""
     if bundle.info.positive_index == 0:
@@ -142,6 +98,8 @@ class Prepared:
     num_classes: int
     steps_per_epoch: int
     epoch_rule: DecisionRule  # the decision rule per-epoch metrics use (threshold known before training)
+    precision: PrecisionChoice
+    init_images: np.ndarray | None = None  # training images for the model's data_init, if it has one
 
 
 def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prepared:
@@ -159,6 +117,7 @@ def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prep
             f"--image-size {config.data.image_size[0]}x{config.data.image_size[1]} is below "
             f"{config.model.name}'s minimum of {spec.min_image_size}"
         )
+    precision = choose_precision(config.train.precision, cpu_info(), visible_gpus())
     scaling = resolve_scaling(config)
     bundle = load_data(config.data, scaling=scaling, epochs=epochs)
     info = bundle.info
@@ -170,12 +129,42 @@ def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prep
         num_classes=bundle.info.num_classes,
         steps_per_epoch=math.ceil(len(bundle.splits["train"]) / config.data.batch_size),
         epoch_rule=dataclasses.replace(rule, value=rule.epoch_threshold(info.train_prior)),
+        precision=precision,
+        init_images=init_sample(bundle, config, scaling) if spec.data_init else None,
     )
 
 
+INIT_SAMPLE = 5000  # training images a model's data-dependent initialisation looks at
+
+
+def init_sample(bundle: DataBundle, config: RunConfig, scaling: str) -> np.ndarray:
+    """Up to INIT_SAMPLE training images (seeded choice), decoded and scaled, not augmented."""
+    from tfpipeline.data.pipeline import build_dataset
+
+    split = bundle.splits["train"]
+    keep = np.zeros(len(split), dtype=bool)
+    chosen = np.random.default_rng(config.data.seed).permutation(len(split))[:INIT_SAMPLE]
+    keep[chosen] = True
+    dataset = build_dataset(
+        split.subset(keep),
+        dataclasses.replace(config.data, cache="none"),
+        scaling=scaling,
+        training=False,
+        num_classes=bundle.info.num_classes,
+        cache_name="init",
+    )
+    return np.concatenate([images for images, _ in dataset.as_numpy_iterator()])
+
+
 def build_compiled_model(config: RunConfig, prepared: Prepared) -> keras.Model:
-    """The registered model for `config`, compiled with the run's optimiser, loss and metrics."""
+    """The registered model for `config` under the run's precision policy, initialised from the
+    training images when the model asks for it, compiled with the run's optimiser, loss and
+    metrics."""
+    keras.mixed_precision.set_global_policy(prepared.precision.policy)
     model = build_model(config.model, prepared.input_shape, prepared.num_classes)
+    data_init = get_spec(config.model.name).data_init
+    if data_init is not None and prepared.init_images is not None:
+        data_init(model, prepared.init_images)
     return compile_model(
         model,
         config.train,
@@ -241,6 +230,7 @@ def train(
     resume: bool = False,
     extra_callbacks: Sequence[Callable[[DataBundle, RunFolder, Prepared], keras.callbacks.Callback]] = (),
     verbose: str | int = "auto",
+    facts: dict | None = None,
 ) -> TrainResult:
     """Fit `config.model` on `config.data` in a run folder and return the best model.
 
@@ -254,6 +244,7 @@ def train(
             the evaluation stage's TensorBoard figures (they need the loaded data).
         verbose: Keras verbosity; "auto" is a progress bar on a terminal and one line per epoch
             when stdout is a file or pipe (:func:`fit_verbosity`).
+        facts: more facts for run.json (e.g. the recipe the config came from).
 
     Raises:
         UserError: for data or model problems, before any training starts.
@@ -287,10 +278,14 @@ def train(
         data=bundle.info.summary(),
         trainable_params=trainable,
         total_params=trainable + non_trainable,
+        precision=prepared.precision.as_json(),
+        hardware=machine_record(),
         tfpipeline_version=tfpipeline.__version__,
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
+        **(facts or {}),
     )
+    log.info("precision: %s (%s)", prepared.precision.policy, prepared.precision.reason)
 
     callbacks = make_callbacks(run, config, prepared.num_classes, resume)
     callbacks += [make(bundle, run, prepared) for make in extra_callbacks]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -21,17 +22,25 @@ TARGETS: dict[str, tuple[str, str]] = {
     "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"),
     "momentum": ("train", "momentum"),
+    "nesterov": ("train", "nesterov"),
+    "weight_decay": ("train", "weight_decay"),
     "schedule": ("train", "schedule"),
+    "warmup": ("train", "warmup"),
+    "norm_lr_scale": ("train", "norm_lr_scale"),
+    "ema": ("train", "ema"),
     "label_smoothing": ("train", "label_smoothing"),
     "batch_size": ("data", "batch_size"),
     "batchnorm": ("model", "batchnorm"),
     "dropout": ("model", "dropout"),
     "dropout_rate": ("model", "dropout_rate"),
     "l2": ("model", "l2"),
+    "activation": ("model", "activation"),
+    "bn_momentum": ("model", "bn_momentum"),
+    "head_scale": ("model", "head_scale"),
     "fine_tune_layers": ("model", "fine_tune_layers"),
     **{
         name: ("augment", name)
-        for name in ("flip", "rotation", "zoom", "translation", "brightness", "contrast")
+        for name in ("flip", "rotation", "zoom", "translation", "brightness", "contrast", "shift")
     },
 }
 TUPLE_TARGETS = {"filters": ("model", "filters"), "dense": ("model", "dense_units")}
@@ -113,8 +122,8 @@ def target(name: str) -> Target:
 
 def _field_type(t: Target) -> type:
     hint = typing.get_type_hints(_SECTION_TYPES[t.section])[t.field]
-    if typing.get_origin(hint) is tuple:
-        return typing.get_args(hint)[0]
+    if typing.get_origin(hint) in (tuple, types.UnionType, typing.Union):  # tuple[int, ...], float | None
+        return next(a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis)
     return hint
 
 

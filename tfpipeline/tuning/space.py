@@ -39,7 +39,20 @@ from tfpipeline.tuning.hparams import (
 RESERVED = ("tune_only",)
 
 # Names a --space file may add to any model's space (off in the defaults).
-EXTRA = ("momentum", "schedule", "label_smoothing", "l2", "translation", "brightness", "contrast")
+EXTRA = (
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "schedule",
+    "warmup",
+    "ema",
+    "label_smoothing",
+    "l2",
+    "translation",
+    "shift",
+    "brightness",
+    "contrast",
+)
 
 
 def declared_space(model: str) -> dict[str, Any]:
