@@ -73,6 +73,28 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from tfpipeline.data import pixel_cache
+
+    if args.action == "clear":
+        freed = pixel_cache.clear()
+        print(f"cleared {pixel_cache.cache_root()}: freed {freed / 1e6:,.1f} MB")
+        return 0
+    found = pixel_cache.info()
+    state = "on" if pixel_cache.enabled() else f"off ({pixel_cache.ENABLE_ENV}=0)"
+    print(f"pixel cache: {found.root} ({state})")
+    print(f"size: {found.total_bytes / 1e6:,.1f} MB of at most {found.limit_bytes / 1e9:g} GB")
+    for entry in found.settings:
+        settings = entry["settings"]
+        size = "x".join(str(v) for v in settings.get("size", ())) or "?"
+        described = f"{size}, {settings.get('channels', '?')} channel(s), {settings.get('resize', '?')}"
+        print(
+            f"  {entry['key']}: {described}: {entry['images']} images in {entry['chunks']} chunk(s), "
+            f"{entry['bytes'] / 1e6:,.1f} MB"
+        )
+    return 0
+
+
 def register(commands) -> None:
     """Add the `data` command group to the top-level subparsers."""
     from tfpipeline.cli import Parser, show_help
@@ -102,3 +124,14 @@ def register(commands) -> None:
     )
     split.add_argument("--link", action="store_true", help="symlink instead of copying")
     split.set_defaults(func=cmd_split)
+
+    cache = commands.add_parser(
+        "cache",
+        help="the persistent pixel cache: `cache info` (what it holds), `cache clear` (delete it)",
+        description="Decoded, resized pixels are kept on disk between runs (in $TFPIPELINE_CACHE_DIR/pixels, "
+        "default ~/.cache/tfpipeline/pixels), keyed by file path, size and modification time and by the "
+        "decode settings. Bounded by $TFPIPELINE_PIXEL_CACHE_GB (default 20); TFPIPELINE_PIXEL_CACHE=0 "
+        "turns it off.",
+    )
+    cache.add_argument("action", choices=("info", "clear"))
+    cache.set_defaults(func=cmd_cache)

@@ -3,6 +3,14 @@ serving share, so an exported model preprocesses bytes exactly as the training p
 
 Everything here is TensorFlow ops only (no Python per image), so it runs in parallel inside
 `tf.data` and can be traced into a SavedModel signature.
+
+Decoding is guarded. :func:`decode_image` first reads the dimensions an image declares from its
+header bytes (JPEG: libjpeg's header reader; PNG: IHDR; GIF: the logical screen and the first
+frame's descriptor; BMP: the info header) and refuses, with an InvalidArgumentError naming the
+input, the declared size and the limit, an image above `max_pixels` or `max_side` before any
+pixel buffer is allocated: a 1 MB PNG can declare 20,000 x 20,000 pixels (1.2 GB decoded). GIFs
+are cut after their first frame (the one training uses), so an animation of a thousand frames
+decodes as fast as a still.
 """
 
 from __future__ import annotations
@@ -18,6 +26,18 @@ import tensorflow as tf
 JPEG_RATIOS = (1, 2, 4, 8)
 
 PIXEL_RANGES = {"unit": (0.0, 1.0), "symmetric": (-1.0, 1.0), "raw": (0.0, 255.0)}
+
+# The data stage's limits: Pillow's decompression-bomb threshold and a side no photo has. The
+# bad-file check reports larger files as `too-large`, and the decode below refuses them, so a
+# file that passed the check always decodes. Exports set their own (`tfpipeline export --max-*`).
+DATA_MAX_PIXELS = 89_478_485
+DATA_MAX_SIDE = 30_000
+
+FORMATS = ("unknown", "JPEG", "PNG", "GIF", "BMP")  # indexed by the kind image_kind() returns
+UNKNOWN, JPEG, PNG, GIF, BMP = range(len(FORMATS))
+NOT_AN_IMAGE = "is not a decodable image (expected JPEG, PNG, BMP or GIF bytes)"
+_MAGIC = ((PNG, b"\x89PNG\r\n\x1a\n"), (GIF, b"GIF87a"), (GIF, b"GIF89a"), (BMP, b"BM"))
+_HEAD = 32  # header bytes read for PNG, GIF and BMP
 
 
 def jpeg_ratio_index(source_hw: tf.Tensor, target_hw: tuple[int, int]) -> tf.Tensor:

@@ -10,6 +10,7 @@ and after the cache so every epoch sees new random transforms.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -17,10 +18,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline.config import DataConfig
+from tfpipeline.data import pixel_cache
 from tfpipeline.data.augment import make_augmenter
 from tfpipeline.data.decode import encoded_to_pixels, match_channels, resize_image, scale_pixels
+from tfpipeline.data.pixel_cache import DecodeSettings
 from tfpipeline.data.split import Split
 
+log = logging.getLogger(__name__)
 LABEL_MODES = ("int", "binary", "categorical")
 
 
@@ -46,6 +50,48 @@ def decoded_images(split: Split, config: DataConfig) -> tf.data.Dataset:
     else:
         source = split.dataset
     return source.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def decode_settings(config: DataConfig) -> DecodeSettings:
+    return DecodeSettings(tuple(config.image_size), config.channels, config.resize, config.interpolation)
+
+
+def decode_files(paths: list[str], config: DataConfig) -> np.ndarray:
+    """uint8 [N, H, W, C] of image files, decoded in parallel by the training decoder."""
+    size, channels = tuple(config.image_size), config.channels
+    if not paths:
+        return np.zeros((0, *size, channels), np.uint8)
+
+    def load(path):
+        return encoded_to_pixels(tf.io.read_file(path), channels, size, config.resize, config.interpolation)
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(paths)
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(256)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return np.concatenate([batch.numpy() for batch in dataset])
+
+
+def pixel_source(split: Split, config: DataConfig) -> tuple[tf.data.Dataset, bool]:
+    """The split's (uint8 image, label) pairs and whether they already sit in memory.
+
+    Image files with the default `cache="memory"` come from the persistent pixel cache
+    (:mod:`~tfpipeline.data.pixel_cache`): decoded once, on the first run that needs them, and
+    read back by every later run, trial and fold. Everything else streams through
+    :func:`decoded_images` and is cached by tf.data as `config.cache` says.
+    """
+    if split.from_files and config.cache == "memory" and pixel_cache.enabled():
+        pixels, counts = pixel_cache.cached_pixels(
+            list(split.paths), decode_settings(config), lambda paths: decode_files(paths, config)
+        )
+        if counts["decoded"]:
+            log.info(
+                "pixel cache: decoded %d image(s), read %d from the cache", counts["decoded"], counts["hits"]
+            )
+        return tf.data.Dataset.from_tensor_slices((pixels, split.labels)), True
+    return decoded_images(split, config), False
 
 
 def cache_path(split: Split, config: DataConfig, cache_name: str) -> str:
@@ -101,10 +147,10 @@ def build_dataset(
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {LABEL_MODES}")
-    dataset = decoded_images(split, config)
-    if config.cache == "memory":
+    dataset, in_memory = pixel_source(split, config)
+    if config.cache == "memory" and not in_memory:
         dataset = dataset.cache()
-    elif config.cache != "none":
+    elif config.cache not in ("memory", "none"):
         dataset = dataset.cache(cache_path(split, config, cache_name))
     if training and epochs is not None:
         # One seeded shuffle per epoch, keyed by the epoch number, so a resumed run sees exactly

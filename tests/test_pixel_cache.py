@@ -1,0 +1,168 @@
+"""The persistent pixel cache: reuse across runs, invalidation, damage, concurrency, bounds, CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tfpipeline.cli import main
+from tfpipeline.config import DataConfig
+from tfpipeline.data import pixel_cache
+from tfpipeline.data.pipeline import build_dataset, decoded_images
+from tfpipeline.data.split import Split
+
+SETTINGS = pixel_cache.DecodeSettings((8, 8), 3, "stretch", "bilinear")
+
+
+def fake_files(folder, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i}.bin"
+        path.write_bytes(bytes([i]) * 10)
+        paths.append(str(path))
+    return paths
+
+
+class Decoder:
+    """A stand-in decoder whose pixels depend on the file's bytes; counts what it decodes."""
+
+    def __init__(self):
+        self.decoded = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, paths):
+        with self.lock:
+            self.decoded += len(paths)
+        return np.stack([np.full((8, 8, 3), open(p, "rb").read()[0], np.uint8) for p in paths])
+
+
+def test_second_use_reads_instead_of_decoding(tmp_path):
+    paths = fake_files(tmp_path / "img", 6)
+    decoder = Decoder()
+    first, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts == {"hits": 0, "decoded": 6}
+    subset = paths[1:4][::-1]  # a fold or a split of the same files: any order, any subset
+    again, counts = pixel_cache.cached_pixels(subset, SETTINGS, decoder)
+    assert counts == {"hits": 3, "decoded": 0} and decoder.decoded == 6
+    np.testing.assert_array_equal(again, first[[3, 2, 1]])
+    other = pixel_cache.DecodeSettings((8, 8), 3, "crop", "bilinear")  # other settings: other pixels
+    assert pixel_cache.cached_pixels(paths[:2], other, decoder)[1]["decoded"] == 2
+
+
+def test_a_changed_file_is_decoded_again(tmp_path):
+    paths = fake_files(tmp_path / "img", 3)
+    decoder = Decoder()
+    pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    with open(paths[1], "wb") as handle:
+        handle.write(bytes([200]) * 10)
+    stat = os.stat(paths[1])
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    pixels, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts == {"hits": 2, "decoded": 1} and pixels[1].max() == 200
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_chunk_is_discarded_and_rebuilt(tmp_path, caplog, damage):
+    paths = fake_files(tmp_path / "img", 4)
+    decoder = Decoder()
+    expected, _ = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    (array_file,) = pixel_cache.PixelStore(SETTINGS).folder.glob("*.npy")
+    data = bytearray(array_file.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-5] ^= 0xFF  # one flipped byte in the pixels: only the checksum can tell
+    array_file.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="tfpipeline.data.pixel_cache"):
+        pixels, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts == {"hits": 0, "decoded": 4} and "damaged chunk" in caplog.text
+    np.testing.assert_array_equal(pixels, expected)  # never the damaged pixels
+    assert pixel_cache.cached_pixels(paths, SETTINGS, decoder)[1] == {"hits": 4, "decoded": 0}
+
+
+def test_an_unwritable_cache_warns_once_and_still_works(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("TFPIPELINE_CACHE_DIR", str(blocker))
+    paths = fake_files(tmp_path / "img", 2)
+    decoder = Decoder()
+    with caplog.at_level(logging.WARNING, logger="tfpipeline.data.pixel_cache"):
+        for _ in range(3):
+            pixels, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+            assert counts["decoded"] == 2 and pixels[1].max() == 1
+    assert caplog.text.count("not writable") == 1
+
+
+def test_two_writers_at_once_never_expose_half_written_chunks(tmp_path):
+    paths = fake_files(tmp_path / "img", 40)
+    decoder = Decoder()
+    results, errors = [], []
+
+    def work(part):
+        try:
+            for _ in range(5):
+                results.append((part, pixel_cache.cached_pixels(part, SETTINGS, decoder)[0]))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(paths[i::2] + paths[:10],)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for part, pixels in results:
+        np.testing.assert_array_equal(pixels, decoder(part))
+    assert not list(pixel_cache.PixelStore(SETTINGS).folder.glob("*.tmp"))
+
+
+def test_the_store_is_bounded_least_recently_used_first(tmp_path):
+    decoder = Decoder()
+    folder = pixel_cache.PixelStore(SETTINGS).folder
+    groups = [fake_files(tmp_path / f"g{i}", 5) for i in range(3)]
+    now = time.time()
+    for age, group in zip((300, 200, 100), groups, strict=True):  # the first group is the oldest
+        before = set(folder.glob("*.json"))
+        pixel_cache.cached_pixels(group, SETTINGS, decoder)
+        (index,) = set(folder.glob("*.json")) - before - {folder / "settings.json"}
+        os.utime(index, (now - age, now - age))
+    chunk = next(folder.glob("*.npy")).stat().st_size
+    assert pixel_cache.evict(chunk + 10) == 2 * chunk
+    assert pixel_cache.cached_pixels(groups[2], SETTINGS, decoder)[1]["hits"] == 5  # the newest stays
+    assert pixel_cache.cached_pixels(groups[0], SETTINGS, decoder)[1]["hits"] == 0
+
+
+def test_pipeline_reads_the_cache_and_matches_a_fresh_decode(image_folder, caplog):
+    paths = sorted(str(p) for p in (image_folder / "train" / "red").iterdir())
+    split = Split(labels=np.ones(len(paths), np.int32), paths=tuple(paths))
+    config = DataConfig(data=str(image_folder), image_size=(24, 24), batch_size=4)
+    fresh = np.concatenate([x for x, _ in decoded_images(split, config).batch(8).as_numpy_iterator()])
+
+    def pixels():
+        dataset = build_dataset(split, config, scaling="raw", training=False, num_classes=2)
+        return np.concatenate([x for x, _ in dataset.as_numpy_iterator()])
+
+    with caplog.at_level(logging.INFO, logger="tfpipeline.data.pipeline"):
+        first = pixels()
+    assert "decoded 8 image(s), read 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfpipeline.data.pipeline"):
+        second = pixels()
+    assert "decoded" not in caplog.text  # everything came from the cache
+    np.testing.assert_array_equal(first, fresh.astype(np.float32))
+    np.testing.assert_array_equal(second, first)
+
+
+def test_cache_info_and_clear_commands(tmp_path, capsys):
+    pixel_cache.cached_pixels(fake_files(tmp_path / "img", 3), SETTINGS, Decoder())
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert str(pixel_cache.cache_root()) in out and "3 images" in out and "8x8" in out
+    assert main(["cache", "clear"]) == 0
+    assert "freed" in capsys.readouterr().out and not pixel_cache.cache_root().exists()

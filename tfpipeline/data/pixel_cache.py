@@ -1,0 +1,304 @@
+"""A decode cache that outlives a run: decoded, resized uint8 pixels on disk, keyed by file.
+
+Decoding is the whole cost of a first epoch (benchmarks/README.md), and every run, tuner trial,
+cross-validation fold and evaluation used to decode the same files again. The store keeps each
+file's pixels under a key made of its real path, size and modification time, in a folder per
+decode setting (size, channels, resize method, interpolation, decoder version), so:
+
+- a second run, every tuner trial and every fold reads pixels instead of decoding them;
+- a file changed after caching has another key and is decoded again;
+- a subset of files (a fold, a split) reuses the pixels of any earlier set that held them.
+
+Layout under `$TFPIPELINE_CACHE_DIR/pixels` (default `~/.cache/tfpipeline/pixels`)::
+
+    <settings hash>/settings.json         what the pixels mean
+    <settings hash>/<chunk>.npy           uint8 [n, H, W, C]
+    <settings hash>/<chunk>.json          the n file keys, array shape, blake2b checksum
+
+Writes are atomic and the index is written last, so a reader never sees a half-written chunk;
+a chunk whose array does not match its index (truncated, damaged) is deleted and its files
+decoded again. Two processes may fill the store at once (each writes its own chunks; duplicates
+are harmless). The store is bounded (`TFPIPELINE_PIXEL_CACHE_GB`, default 20): the least
+recently used chunks go first. An unwritable cache folder means a warning and no cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DECODER_VERSION = 1  # bump when decode.encoded_to_pixels changes its output
+DEFAULT_LIMIT_GB = 20.0
+ENABLE_ENV = "TFPIPELINE_PIXEL_CACHE"  # "0" turns the store off
+LIMIT_ENV = "TFPIPELINE_PIXEL_CACHE_GB"
+_WARNED: set[str] = set()
+
+
+def cache_root() -> Path:
+    """`$TFPIPELINE_CACHE_DIR` (or `~/.cache/tfpipeline`) / pixels."""
+    base = os.environ.get("TFPIPELINE_CACHE_DIR") or Path.home() / ".cache" / "tfpipeline"
+    return Path(base) / "pixels"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENABLE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def limit_bytes() -> int:
+    try:
+        return int(float(os.environ.get(LIMIT_ENV, DEFAULT_LIMIT_GB)) * 1e9)
+    except ValueError:
+        return int(DEFAULT_LIMIT_GB * 1e9)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Everything that changes the cached pixels of a file."""
+
+    size: tuple[int, int]
+    channels: int
+    resize: str
+    interpolation: str
+    decoder: int = DECODER_VERSION
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.size, self.channels)
+
+
+def file_key(path: str) -> str:
+    """The file's identity in the store: real path, size and modification time (ns)."""
+    stat = os.stat(path)
+    return f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _checksum(array: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16).hexdigest()
+
+
+class PixelStore:
+    """The chunks of one decode setting (see the module docstring).
+
+    Args:
+        settings: the decode settings the pixels were made with.
+        root: the cache folder (default :func:`cache_root`).
+    """
+
+    def __init__(self, settings: DecodeSettings, root: Path | None = None):
+        self.settings = settings
+        self.folder = (root or cache_root()) / settings.key
+
+    # -- reading
+    def _chunks(self) -> list[tuple[Path, dict[str, Any]]]:
+        chunks = []
+        for index_file in sorted(self.folder.glob("*.json")):
+            if index_file.name == "settings.json":
+                continue
+            try:
+                chunks.append((index_file, json.loads(index_file.read_text())))
+            except (OSError, ValueError):
+                continue  # being written by another process, or already evicted
+        return chunks
+
+    def _load(self, index_file: Path, index: dict[str, Any]) -> np.ndarray | None:
+        """The chunk's verified array, or None (damaged chunks are deleted)."""
+        array_file = index_file.with_suffix(".npy")
+        try:
+            array = np.load(array_file, mmap_mode="r", allow_pickle=False)
+            valid = (
+                tuple(array.shape) == (len(index["keys"]), *self.settings.shape)
+                and array.dtype == np.uint8
+                and _checksum(array) == index["checksum"]
+            )
+        except (OSError, ValueError, KeyError):
+            valid = False
+        if not valid:
+            log.warning(
+                "pixel cache: discarding damaged chunk %s; its images will be decoded again", array_file
+            )
+            for path in (index_file, array_file):
+                path.unlink(missing_ok=True)
+            return None
+        os.utime(index_file)  # recently used: evicted last
+        return array
+
+    def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels [len(keys), H, W, C] with found rows filled, found mask)."""
+        wanted: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            wanted.setdefault(key, []).append(i)
+        pixels = np.zeros((len(keys), *self.settings.shape), np.uint8)
+        found = np.zeros(len(keys), bool)
+        for index_file, index in self._chunks():
+            rows = [
+                (r, k) for r, k in enumerate(index.get("keys", ())) if k in wanted and not found[wanted[k][0]]
+            ]
+            if not rows:
+                continue
+            array = self._load(index_file, index)
+            if array is None:
+                continue
+            sources = np.array([r for r, _ in rows])  # increasing: a sequential read of the chunk
+            block = np.asarray(array[sources])
+            for row, (_, key) in zip(block, rows, strict=True):
+                pixels[wanted[key]] = row
+                found[wanted[key]] = True
+            if found.all():
+                break
+        return pixels, found
+
+    # -- writing
+    def store(self, keys: Sequence[str], pixels: np.ndarray) -> bool:
+        """Add a chunk atomically; False (with one warning) when the cache cannot be written."""
+        if not len(keys):
+            return True
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            settings_file = self.folder / "settings.json"
+            if not settings_file.exists():
+                _atomic_write(settings_file, json.dumps(asdict(self.settings)).encode())
+            name = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:20]
+            array = np.ascontiguousarray(pixels, dtype=np.uint8)
+            with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".npy.tmp", delete=False) as handle:
+                np.save(handle, array, allow_pickle=False)
+            os.replace(handle.name, self.folder / f"{name}.npy")
+            index = {"keys": list(keys), "shape": list(array.shape), "checksum": _checksum(array)}
+            _atomic_write(self.folder / f"{name}.json", json.dumps(index).encode())  # last: commits
+        except OSError as exc:
+            _warn_once(
+                str(self.folder), f"pixel cache at {self.folder} is not writable ({exc}); decoding without it"
+            )
+            return False
+        evict(limit_bytes())
+        return True
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(data)
+    os.replace(handle.name, path)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message)
+
+
+def cached_pixels(
+    paths: Sequence[str], settings: DecodeSettings, decode: Callable[[list[str]], np.ndarray]
+) -> tuple[np.ndarray, dict[str, int]]:
+    """The pixels of `paths`, from the store where present, decoded (and stored) otherwise.
+
+    Args:
+        paths: image files.
+        settings: the decode settings.
+        decode: decodes a list of paths to uint8 [n, H, W, C] (the training decoder).
+
+    Returns:
+        (pixels in `paths` order, counts {"hits", "decoded"}).
+    """
+    if not enabled():
+        return decode(list(paths)), {"hits": 0, "decoded": len(paths)}
+    store = PixelStore(settings)
+    keys = [file_key(p) for p in paths]
+    try:
+        pixels, found = store.lookup(keys)
+    except OSError as exc:
+        _warn_once(
+            str(store.folder), f"pixel cache at {store.folder} is not readable ({exc}); decoding without it"
+        )
+        return decode(list(paths)), {"hits": 0, "decoded": len(paths)}
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        fresh = decode([paths[i] for i in missing])
+        pixels[missing] = fresh
+        store.store([keys[i] for i in missing], fresh)
+    return pixels, {"hits": int(found.sum()), "decoded": int(len(missing))}
+
+
+# ---------------------------------------------------------------------------------------------
+# housekeeping: `tfpipeline cache info|clear` and the size bound
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    root: Path
+    settings: list[dict[str, Any]]  # one entry per decode setting: settings, chunks, images, bytes
+    total_bytes: int
+    limit_bytes: int
+
+
+def info(root: Path | None = None) -> CacheInfo:
+    root = root or cache_root()
+    entries, total = [], 0
+    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+        size = sum(p.stat().st_size for p in folder.glob("*") if p.is_file())
+        indexes = [p for p in folder.glob("*.json") if p.name != "settings.json"]
+        images = 0
+        for index_file in indexes:
+            with contextlib.suppress(OSError, ValueError):
+                images += len(json.loads(index_file.read_text()).get("keys", ()))
+        try:
+            described = json.loads((folder / "settings.json").read_text())
+        except (OSError, ValueError):
+            described = {}
+        entries.append(
+            {
+                "key": folder.name,
+                "settings": described,
+                "chunks": len(indexes),
+                "images": images,
+                "bytes": size,
+            }
+        )
+        total += size
+    return CacheInfo(root=root, settings=entries, total_bytes=total, limit_bytes=limit_bytes())
+
+
+def clear(root: Path | None = None) -> int:
+    """Delete every cached pixel; returns the bytes freed."""
+    root = root or cache_root()
+    freed = info(root).total_bytes
+    shutil.rmtree(root, ignore_errors=True)
+    return freed
+
+
+def evict(limit: int, root: Path | None = None) -> int:
+    """Delete least recently used chunks until the store holds at most `limit` bytes."""
+    root = root or cache_root()
+    chunks = []
+    for index_file in root.glob("*/*.json"):
+        if index_file.name == "settings.json":
+            continue
+        array_file = index_file.with_suffix(".npy")
+        try:
+            chunks.append((index_file.stat().st_mtime, index_file, array_file, array_file.stat().st_size))
+        except OSError:
+            continue
+    total = sum(size for *_, size in chunks)
+    freed = 0
+    for _, index_file, array_file, size in sorted(chunks):
+        if total - freed <= limit:
+            break
+        index_file.unlink(missing_ok=True)  # the index first: readers then skip the chunk
+        array_file.unlink(missing_ok=True)
+        freed += size
+    return freed
