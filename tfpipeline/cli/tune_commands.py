@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from tfpipeline.errors import UserError
 from tfpipeline.flags import (
     add_augment_flags,
     add_data_flags,
@@ -40,6 +41,7 @@ TUNE_KEYS = {
     "rpc_timeout",
     "chief_timeout",
     "trials_per_process",
+    "workers",
     "argv",
 }
 # A search process that used up its --trials-per-process quota exits with this code when it is
@@ -70,7 +72,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from tfpipeline.tuning.distributed import DistributedSettings
     from tfpipeline.tuning.search import SearchSettings, run_search
 
-    base = resolve_run_config(_base_args(args))
+    base = resolve_run_config(_base_args(args))  # bad options fail here, before any process starts
+    if args.workers:
+        if args.role is not None:
+            raise UserError("--workers starts its own chief and workers; it cannot be combined with --role")
+        from tfpipeline.tuning.local import run_local_search
+
+        code = run_local_search(args.argv, args.workers, timeout_minutes=args.chief_timeout)
+        if code != 0 or not args.train_best:
+            return code
+        return _train_best(_project(args) / "best.yaml", None)
     is_child = os.environ.get(CHILD_ENV) == "1"
     deadline = os.environ.get(DEADLINE_ENV)
     time_budget = args.time_budget
@@ -235,6 +246,14 @@ def register(commands) -> None:
         metavar="N",
         help="hand the search over to a fresh process every N trials, keeping memory flat "
         "(Keras keeps ~18 MB of traced graphs per trial); 0 runs every trial in this process",
+    )
+    search.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the search in parallel on this machine: a chief plus N worker processes, each on its own "
+        "GPU or share of the CPU cores (see tfpipeline/tuning/local.py)",
     )
     dist = tune.add_argument_group("distributed search (see tfpipeline/tuning/distributed.py)")
     dist.add_argument(
