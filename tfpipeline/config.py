@@ -41,6 +41,8 @@ class AugmentConfig:
     fraction of the image side, `brightness` and `contrast` a relative factor. `shift` moves
     each image by a random whole number of pixels up to N in each direction, filling with the
     reflected border (the classic pad-and-crop of small-image training; no interpolation blur).
+    `synth_fakes` turns that share of each batch's real images into self-blended fakes of
+    `fake_class` (see :mod:`tfpipeline.data.blend`).
     """
 
     flip: bool = False
@@ -50,6 +52,8 @@ class AugmentConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     shift: int = 0
+    synth_fakes: float = 0.0
+    fake_class: str = "fake"
 
     def __post_init__(self) -> None:
         for name in ("rotation", "zoom", "translation", "brightness", "contrast"):
@@ -58,6 +62,8 @@ class AugmentConfig:
                 raise UserError(f"augmentation '{name}' must be in [0, 1), got {value}")
         if self.shift < 0:
             raise UserError(f"--shift must be a non-negative number of pixels, got {self.shift}")
+        if not 0.0 <= self.synth_fakes <= 1.0:
+            raise UserError(f"--synth-fakes is a share of each batch in [0, 1], got {self.synth_fakes}")
 
     @property
     def enabled(self) -> bool:
@@ -87,6 +93,11 @@ class DataConfig:
         cache: `memory`, `none`, or a file path prefix for an on-disk tf.data cache.
         tfds_download: allow TFDS to download and prepare data (needs internet).
         skip_bad: drop files that fail the data check instead of refusing to start.
+        fold: `K/N` replaces the train/val split by fold K (1-based) of a stratified N-fold
+            partition of train+val (`tfpipeline cv` runs every fold); the test split is untouched.
+        crop: train on random `crop` x `crop` windows of the `image_size` images (0: off);
+            validation, evaluation and serving see whole images, so the model must accept any
+            size (global pooling, e.g. fast_resnet).
     """
 
     data: str = "faces"
@@ -104,6 +115,8 @@ class DataConfig:
     cache: str = "memory"
     batch_size: int = 32
     skip_bad: bool = False
+    crop: int = 0
+    fold: str = ""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -121,12 +134,30 @@ class DataConfig:
             raise UserError(f"--image-size must be a positive size, got {self.image_size}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.fold:
+            fold_numbers(self.fold)
+        if self.crop < 0 or (self.crop and self.crop > min(self.image_size)):
+            raise UserError(
+                f"--crop must be a size up to the image size {self.image_size[0]}x{self.image_size[1]}, "
+                f"got {self.crop}"
+            )
         if len(set(self.classes)) != len(self.classes):
             raise UserError(f"--classes lists a class twice: {','.join(self.classes)}")
 
     @property
     def channels(self) -> int:
         return 1 if self.color_mode == "grayscale" else 3
+
+
+def fold_numbers(fold: str) -> tuple[int, int]:
+    """(k, n) of a `K/N` fold; UserError unless 1 <= K <= N and N >= 2."""
+    try:
+        k, n = (int(part) for part in fold.split("/"))
+    except ValueError:
+        k, n = 0, 0
+    if not (n >= 2 and 1 <= k <= n):
+        raise UserError(f"--fold must be K/N with 1 <= K <= N and N >= 2 (e.g. 2/5), got '{fold}'")
+    return k, n
 
 
 def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -108,6 +108,12 @@ def add_data_flags(parser: argparse.ArgumentParser, *, with_data: bool = True) -
     group.add_argument("--cache", help="memory (default), none, or a file path prefix for an on-disk cache")
     group.add_argument("--batch-size", type=int, help="default 32")
     group.add_argument("--skip-bad", action="store_true", help="drop files that fail the data check")
+    group.add_argument(
+        "--crop", type=int, metavar="SIZE", help="train on random SIZExSIZE windows; evaluate whole images"
+    )
+    group.add_argument(
+        "--fold", metavar="K/N", help="train/val = fold K of a stratified N-fold split of train+val"
+    )
 
 
 def add_augment_flags(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +125,13 @@ def add_augment_flags(parser: argparse.ArgumentParser) -> None:
         metavar="PIXELS",
         help="random whole-pixel shifts up to PIXELS (reflected border)",
     )
+    group.add_argument(
+        "--synth-fakes",
+        type=float,
+        metavar="RATE",
+        help="turn this share of each batch's real faces into self-blended fakes (real/fake tasks)",
+    )
+    group.add_argument("--fake-class", help="the fake class for --synth-fakes (default: fake)")
     for name, meaning in (
         ("rotation", "fraction of a full turn"),
         ("zoom", "fraction of the side"),
@@ -241,7 +254,19 @@ def _flatten_yaml(values: dict[str, Any], where: str) -> dict[str, dict]:
 
 
 # Namespace entries that are CLI plumbing, not configuration.
-_NOT_CONFIG = {"config", "command", "debug", "func", "action", "resume", "subcommand", "argv", "recipe"}
+_NOT_CONFIG = {
+    "config",
+    "command",
+    "debug",
+    "func",
+    "action",
+    "resume",
+    "subcommand",
+    "argv",
+    "recipe",
+    "folds",
+    "out",
+}
 
 
 def chosen_recipe(args: argparse.Namespace):

@@ -65,6 +65,25 @@ def _figures_callback(bundle: DataBundle, run: RunFolder, prepared: Prepared) ->
     )
 
 
+class _SynthesizedFakes(keras.callbacks.Callback):
+    """Writes plots/synthesized_fakes.png when training starts (runs with --synth-fakes)."""
+
+    def __init__(self, bundle: DataBundle, run: RunFolder, config: RunConfig, scaling: str):
+        super().__init__()
+        self.bundle, self.run, self.config, self.scaling = bundle, run, config, scaling
+
+    def on_train_begin(self, logs=None):
+        from tfpipeline.evaluation.figures import synthesized_fakes_figure
+
+        synthesized_fakes_figure(
+            self.bundle.splits["train"],
+            self.config.data,
+            list(self.bundle.info.class_names),
+            self.scaling,
+            self.run.plots_dir / "synthesized_fakes.png",
+        )
+
+
 def run_training(
     config: RunConfig,
     *,
@@ -94,11 +113,16 @@ def run_training(
     from tfpipeline.evaluation.run_report import predict_split, write_run_report
     from tfpipeline.models.tta import with_tta
 
+    factories = [_figures_callback, *extra_callbacks]
+    if config.data.augment.synth_fakes > 0 and not resume:
+        factories.append(
+            lambda bundle, run, prepared: _SynthesizedFakes(bundle, run, config, prepared.scaling)
+        )
     result = train(
         config,
         run=run,
         resume=resume,
-        extra_callbacks=[_figures_callback, *extra_callbacks],
+        extra_callbacks=factories,
         verbose=verbose,
         facts={"recipe": recipe} if recipe else None,
     )

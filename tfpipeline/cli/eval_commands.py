@@ -6,10 +6,12 @@ import argparse
 import sys
 
 from tfpipeline.config import TTA_MODES
+from tfpipeline.errors import UserError
 from tfpipeline.flags import int_at_least, parse_names
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tfpipeline.evaluation.adversarial import DEFAULT_EPSILONS
     from tfpipeline.evaluation.evaluate import evaluate_run
 
     result = evaluate_run(
@@ -20,6 +22,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         gradcam=args.gradcam,
         top_losses=args.top_losses,
         tta=args.tta,
+        adversarial=(args.eps or DEFAULT_EPSILONS) if args.adversarial else (),
     )
     metrics = result.metrics
     where = f"{result.split} split of {metrics['data']} ({metrics['num_samples']} images)"
@@ -32,6 +35,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(result.report)
     headline = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss", "ece")
     print("  ".join(f"{k}={metrics[k]:.4f}" for k in headline if metrics.get(k) is not None))
+    if metrics.get("adversarial"):
+        print("\nFGSM robustness (ε in grey levels of 255):")
+        for row in metrics["adversarial"]:
+            auc = f"{row['roc_auc']:.4f}" if row["roc_auc"] is not None else "–"
+            print(
+                f"  ε={row['grey_levels']:5.1f}  accuracy={row['accuracy']:.4f}  roc_auc={auc}  "
+                f"decisions changed={row['changed']:.3f}"
+            )
     print(f"\nwrote to {result.out_dir}:")
     for path in result.files.values():
         print(f"  {path.name}")
@@ -85,6 +96,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _epsilons(text: str):
+    from tfpipeline.evaluation.adversarial import parse_epsilons
+
+    try:
+        return parse_epsilons(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(commands) -> None:
     """Add `evaluate`, `compare` and `predict` to the top-level subparsers."""
     evaluate = commands.add_parser(
@@ -115,6 +135,16 @@ def register(commands) -> None:
         help="most confidently wrong images (default 9; 0: none)",
     )
     evaluate.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's own)")
+    evaluate.add_argument(
+        "--adversarial",
+        choices=("fgsm",),
+        help="robustness report: accuracy and AUC under the fast gradient sign attack at each --eps",
+    )
+    evaluate.add_argument(
+        "--eps",
+        type=_epsilons,
+        help="FGSM steps as shares of the pixel range (default 1/255,2/255,4/255,8/255)",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     compare = commands.add_parser(

@@ -70,6 +70,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    from tfpipeline.crossval import run_cv
+
+    recipe = chosen_recipe(args)
+    config = resolve_run_config(args)
+    result = run_cv(config, args.folds, out=args.out, recipe=recipe.record() if recipe else None)
+    print(f"\n{args.folds}-fold cross-validation of {config.model.name} ({result.out_dir}):\n")
+    print(result.markdown())
+    mean, std = result.summary["mean"], result.summary["std"]
+    for name in ("roc_auc", "accuracy"):
+        if name in mean:
+            print(f"{name}: {mean[name]:.4f} ± {std[name]:.4f}")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from tfpipeline.recipes import list_recipes, load_recipe
 
@@ -137,6 +152,22 @@ def register(commands) -> None:
     show.add_argument("--weights", default="none", help="none (default here), imagenet or a file")
     show.set_defaults(func=cmd_models_show)
     models.set_defaults(func=cmd_models)
+
+    cv = commands.add_parser(
+        "cv",
+        help="stratified k-fold cross-validation of a training configuration (mean ± std per fold)",
+        argument_default=argparse.SUPPRESS,
+        description="Train the configuration given by the usual `train` flags (or --recipe) once per fold "
+        "of a stratified, seeded k-fold partition of train+val, and report each fold's validation metrics "
+        "with their mean and standard deviation. The test split is never used.",
+    )
+    cv.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    cv.add_argument("--out", default=None, help="output folder (default RUN_DIR/cv-MODEL-TIME)")
+    add_model_flags(cv)
+    add_data_flags(cv)
+    add_augment_flags(cv)
+    add_train_flags(cv)
+    cv.set_defaults(func=cmd_cv)
 
     recipes = commands.add_parser(
         "recipes",

@@ -217,6 +217,7 @@ def load_data(
             label_mode=label_mode,
             cache_name=name,
             epochs=epochs if name == "train" else None,
+            class_names=info.class_names,
         )
         for name, split in splits.items()
     }

@@ -49,6 +49,35 @@ class RandomShift(keras.layers.Layer):
         return {**super().get_config(), "pixels": self.pixels, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="tfpipeline")
+class RandomWindow(keras.layers.Layer):
+    """A random `size` x `size` window of each image of a batch (its own position per image)."""
+
+    def __init__(self, size: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images):
+        import tensorflow as tf
+
+        shape = tf.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        top = keras.random.randint((batch, 1), 0, height - self.size + 1, seed=self.generator, dtype="int32")
+        left = keras.random.randint((batch, 1), 0, width - self.size + 1, seed=self.generator, dtype="int32")
+        rows = top + tf.range(self.size)[None, :]
+        cols = left + tf.range(self.size)[None, :]
+        window = tf.gather(images, rows, axis=1, batch_dims=1)
+        return tf.gather(window, cols, axis=2, batch_dims=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.size, self.size, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "seed": self.seed}
+
+
 def make_augmenter(augment: AugmentConfig, seed: int) -> keras.Sequential | None:
     """Random layers for float images in [0, 255] (batches); None when all are off."""
     if not augment.enabled:

@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from tfpipeline.config import DataConfig
 from tfpipeline.data import pixel_cache
-from tfpipeline.data.augment import make_augmenter
+from tfpipeline.data.augment import RandomWindow, make_augmenter
+from tfpipeline.data.blend import make_blender
 from tfpipeline.data.decode import encoded_to_pixels, match_channels, resize_image, scale_pixels
 from tfpipeline.data.pixel_cache import DecodeSettings
 from tfpipeline.data.split import Split
@@ -127,6 +128,7 @@ def build_dataset(
     label_mode: str = "int",
     cache_name: str = "split",
     epochs: tuple[int, int] | None = None,
+    class_names: tuple[str, ...] = (),
 ) -> tf.data.Dataset:
     """A batched dataset of (float32 images, labels) ready for `model.fit`.
 
@@ -141,6 +143,7 @@ def build_dataset(
         epochs: for training, `(first, stop)`: one dataset streaming epochs first..stop-1, each
             shuffled with a seed derived from its number (fit it with `steps_per_epoch`).
             Makes resumed runs reproduce uninterrupted ones.
+        class_names: the class order (needed by `--synth-fakes` to find the real/fake classes).
 
     Returns:
         A tf.data.Dataset; the same seed yields the same batches in the same order.
@@ -165,11 +168,17 @@ def build_dataset(
     else:
         dataset = dataset.batch(config.batch_size)
     augmenter = make_augmenter(config.augment, config.seed) if training else None
+    blender = make_blender(config.augment, tuple(class_names), config.seed) if training else None
+    window = RandomWindow(config.crop, seed=config.seed + 8) if training and config.crop else None
 
     def to_model_inputs(images, labels):
         images = tf.cast(images, tf.float32)
+        if blender is not None:  # forgeries first, so they are augmented like every image
+            images, labels, _ = blender(images, labels)
         if augmenter is not None:
             images = augmenter(images, training=True)
+        if window is not None:
+            images = window(images)
         return scale_pixels(images, scaling), encode_labels(labels, label_mode, num_classes)
 
     dataset = dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfpipeline.config import DataConfig
-from tfpipeline.data.split import DataSource, Split, stratified_split
+from tfpipeline.config import DataConfig, fold_numbers
+from tfpipeline.data.split import DataSource, Split, apply_fold, stratified_split
 from tfpipeline.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -33,6 +33,14 @@ def resolve_source(config: DataConfig) -> DataSource:
         UserError: for an unknown `--data` value, empty or inconsistent class folders, or a
             dataset too small for the requested split.
     """
+    source = _resolve(config)
+    if config.fold:
+        folded = apply_fold(source.splits, fold_numbers(config.fold), config.seed)
+        source = DataSource(source.kind, source.location, source.class_names, folded, source.ignored_files)
+    return source
+
+
+def _resolve(config: DataConfig) -> DataSource:
     spec = config.data
     if spec.startswith("tfds:"):
         from tfpipeline.data.tfds_source import load_tfds

@@ -147,3 +147,33 @@ def stratified_split(
             mask[out[name]] = True
             result[name] = data.subset(mask)
     return result
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """Indices of each of `folds` stratified folds (disjoint, covering all examples), seeded.
+
+    Raises:
+        UserError: a class has fewer examples than folds.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() < folds:
+        raise UserError(
+            f"{folds}-fold cross-validation needs at least {folds} images of every class; the smallest "
+            f"class has {int(counts[counts > 0].min())}"
+        )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [np.sort(test) for _, test in splitter.split(np.zeros(len(labels)), labels)]
+
+
+def apply_fold(splits: dict[str, Split], fold: tuple[int, int], seed: int) -> dict[str, Split]:
+    """Splits whose train/val are fold k's train and validation parts of train+val (k, n 1-based)."""
+    k, n = fold
+    joined = Split.concatenate([splits["train"], splits["val"]])
+    held = stratified_folds(joined.labels, n, seed)[k - 1]
+    mask = np.zeros(len(joined), bool)
+    mask[held] = True
+    out = dict(splits)
+    out["train"], out["val"] = joined.subset(~mask), joined.subset(mask)
+    return out

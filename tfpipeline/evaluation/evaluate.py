@@ -48,6 +48,7 @@ def evaluate_run(
     gradcam: int = 8,
     top_losses: int = 9,
     tta: str | None = None,
+    adversarial: tuple[float, ...] = (),
 ) -> EvaluationResult:
     """Evaluate a run's checkpoint on `split` and write every artefact.
 
@@ -62,11 +63,14 @@ def evaluate_run(
         gradcam: number of images in the Grad-CAM grid (0: none).
         top_losses: number of images in the top-losses grid (0: none).
         tta: test-time augmentation of the predictions (default: the run's own).
+        adversarial: FGSM steps ε (shares of the pixel range, e.g. 2/255) to report robustness
+            at: adversarial.csv, robustness.png and adversarial_examples.png.
 
     Raises:
         UserError: not a run folder, the split does not exist, the data's classes differ.
     """
     from tfpipeline.data import load_split
+    from tfpipeline.evaluation.breakdown import breakdown_table, fake_breakdown
     from tfpipeline.evaluation.figures import Selection, gradcam_figure, top_losses_figure
     from tfpipeline.evaluation.metrics import classification_metrics, classification_report_text
     from tfpipeline.evaluation.plots import (
@@ -117,6 +121,12 @@ def evaluate_run(
     }
     metrics["calibration"] = {"ece": metrics["ece"], "bins": ECE_BINS, "table": _calibration(y_true, probs)}
     report = classification_report_text(y_true, probs, names, rule=rule)
+    if chosen.split.from_files:
+        fake_class = context.config.data.augment.fake_class
+        breakdown = fake_breakdown(chosen.split.paths, y_true, probs, rule, names, fake_class)
+        if breakdown:
+            metrics["breakdown"] = breakdown
+            report += "\n" + breakdown_table(breakdown)
 
     files = {
         "classification_report": out_dir / "classification_report.txt",
@@ -139,10 +149,52 @@ def evaluate_run(
     if gradcam > 0:
         files["gradcam"] = gradcam_figure(selection, model, y_true, probs, y_pred, gradcam, out_dir)
 
+    if adversarial:
+        metrics["adversarial"] = _adversarial(
+            with_tta(model, tta), chosen.dataset, y_true, probs, adversarial, context, out_dir, files
+        )
+        files["metrics"].write_text(json.dumps(metrics, indent=2))
+
     summary = write_summary(summary_facts(context, chosen.info, split, metrics, external))
     files["summary"] = out_dir / "summary.md"
     files["summary"].write_text(summary)
     return EvaluationResult(split=split, out_dir=out_dir, metrics=metrics, report=report, files=files)
+
+
+def _adversarial(model, dataset, y_true, probs, epsilons, context, out_dir: Path, files: dict) -> list[dict]:
+    """FGSM robustness table, curve and example grid (see :mod:`tfpipeline.evaluation.adversarial`)."""
+    import pandas as pd
+
+    from tfpipeline.evaluation.adversarial import fgsm, plot_adversarial_examples, plot_robustness, robustness
+    from tfpipeline.evaluation.figures import balanced_sample
+    from tfpipeline.evaluation.plots import save_figure
+
+    images = np.concatenate([batch for batch, _ in dataset.as_numpy_iterator()])
+    steps = tuple(sorted({0.0, *epsilons}))
+    rows, probs_by_eps = robustness(
+        model, images, y_true, steps, context.scaling, context.rule, list(context.class_names)
+    )
+    files["adversarial"] = out_dir / "adversarial.csv"
+    pd.DataFrame(rows).to_csv(files["adversarial"], index=False)
+    files["robustness"] = save_figure(plot_robustness(rows), out_dir / "robustness.png")
+    shown = steps[len(steps) // 2] if len(steps) > 2 else steps[-1]
+    chosen = balanced_sample(y_true, 4, context.config.data.seed)
+    adversarial, _ = fgsm(
+        model, images[chosen], y_true[chosen], shown, context.scaling, context.rule.positive_index
+    )
+    names = context.class_names
+
+    def title(p, i):
+        label = int(context.rule.predict(p[i : i + 1])[0])
+        return f"{names[label]} p={p[i, label]:.2f}"
+
+    clean_titles = [f"true {names[int(y_true[i])]}: {title(probs, i)}" for i in chosen]
+    adv_titles = [title(probs_by_eps[shown], i) for i in chosen]
+    figure = plot_adversarial_examples(
+        images[chosen], adversarial, clean_titles, adv_titles, shown, context.scaling
+    )
+    files["adversarial_examples"] = save_figure(figure, out_dir / "adversarial_examples.png")
+    return rows
 
 
 def _safe_name(location: str) -> str:

@@ -112,3 +112,42 @@ def gradcam_figure(selection: Selection, model, y_true, probs, y_pred, count: in
         f"(layer {'/'.join(path)})",
     )
     return save_figure(figure, out_dir / "gradcam.png")
+
+
+def synthesized_fakes_figure(
+    split, config, class_names, scaling: str, out_path: Path, count: int = 12
+) -> Path:
+    """A grid of self-blended fakes made from real training faces, each above its change map.
+
+    Shows what `--synth-fakes` trains on (the same generator and seed), so a user can judge it.
+    """
+    import tensorflow as tf
+
+    from tfpipeline.data.blend import SelfBlend
+    from tfpipeline.data.pipeline import pixel_source
+    from tfpipeline.data.regions import REGIONS
+    from tfpipeline.evaluation.plots import plot_image_grid, save_figure
+
+    fake = class_names.index(config.augment.fake_class)
+    real_rows = np.flatnonzero(split.labels != fake)[:count]
+    keep = np.zeros(len(split), bool)
+    keep[real_rows] = True
+    dataset, _ = pixel_source(split.subset(keep), config)
+    faces = np.stack([image for image, _ in dataset.as_numpy_iterator()]).astype(np.float32)
+    blend = SelfBlend(1.0, real_index=1 - fake, fake_index=fake, seed=config.seed + 7)
+    made, _, regions = blend(tf.constant(faces), tf.fill([len(faces)], 1 - fake))
+    made = made.numpy()
+    change = np.abs(made - faces).max(axis=-1, keepdims=True)
+    change = np.repeat(change / max(float(change.max()), 1.0) * 255.0, 3, axis=-1)
+    images, titles = [], []
+    for i in range(len(faces)):
+        edited = [name for name, on in zip(REGIONS, regions.numpy()[i], strict=True) if on > 0]
+        images += [made[i].clip(0, 255).astype(np.uint8), change[i].astype(np.uint8)]
+        titles += [", ".join(edited) or "random convex region", "where pixels changed"]
+    figure = plot_image_grid(
+        np.stack(images),
+        titles,
+        ncols=6,
+        suptitle="Self-blended fakes made from real training faces (--synth-fakes)",
+    )
+    return save_figure(figure, out_path)

@@ -85,6 +85,8 @@ class ModelSpec:
         gradcam_layer: path of layer names Grad-CAM explains; empty: the last convolution.
         data_init: `(model, images) -> None`, initialising weights from a sample of training
             images (float32, already scaled as the model expects) before the first epoch.
+        any_size: the model accepts images of any size (it pools globally), so it can train on
+            crops (`--crop`) and be evaluated on whole images.
     """
 
     build: Callable[[ModelConfig, InputShape, int], keras.Model]
@@ -97,6 +99,7 @@ class ModelSpec:
     label: Callable[[ModelConfig], str] | None = None
     gradcam_layer: tuple[str, ...] = ()
     data_init: Callable[[keras.Model, np.ndarray], None] | None = None
+    any_size: bool = False
 
     def run_label(self, config: ModelConfig) -> str:
         return self.label(config) if self.label else config.name
@@ -128,6 +131,7 @@ MODELS: dict[str, ModelSpec] = {
         min_image_size=FAST_RESNET_MIN_SIDE,
         search_space=FAST_RESNET_SEARCH,
         data_init=init_whitening,
+        any_size=True,
     ),
     "keras_cnn": ModelSpec(
         build_keras_cnn,

@@ -48,13 +48,16 @@ def l2_regularizer(factor: float) -> keras.regularizers.Regularizer | None:
 
 
 def check_inputs(model: str, input_shape: InputShape, min_side: int, hint: str = "") -> InputShape:
-    """Validate (height, width, channels): 1 or 3 channels and both sides >= `min_side`."""
+    """Validate (height, width, channels): 1 or 3 channels and both sides >= `min_side`.
+
+    Sides may be None (any size) for models that pool globally, e.g. when training on crops.
+    """
     if len(input_shape) != 3:
         raise UserError(f"{model}: input shape must be (height, width, channels), got {input_shape}")
-    height, width, channels = (int(v) for v in input_shape)
+    height, width, channels = (None if v is None else int(v) for v in input_shape)
     if channels not in (1, 3):
         raise UserError(f"{model}: images must have 1 (grayscale) or 3 (rgb) channels, got {channels}")
-    if min(height, width) < min_side:
+    if height is not None and width is not None and min(height, width) < min_side:
         raise UserError(f"{model} needs images of at least {min_side}x{min_side}, got {height}x{width}{hint}")
     return height, width, channels
 

@@ -7,7 +7,8 @@ speed runs), each ingredient measured by our own ablation (benchmarks/README.md)
   images' 2x2 patch covariance, scaled by 1/sqrt(eigenvalue) (so its output is decorrelated,
   unit-variance), in +/- pairs, followed by the activation. Its kernel is computed from the data
   (:func:`init_whitening`) and frozen; its bias trains. `--stem plain` makes it an ordinary
-  trainable convolution instead.
+  trainable convolution instead, and `--stem srm|residual` puts a fixed high-pass filter bank
+  (:mod:`~tfpipeline.models.stems`) before that convolution, for local-artefact detection.
 - three **groups** of conv -> max-pool -> BatchNorm -> act -> conv -> BatchNorm -> act (widths
   `--filters`, default 64/256/256), BatchNorm without scale (the next conv absorbs it) and with a
   fast-moving average (momentum 0.4: short runs need current statistics);
@@ -27,6 +28,7 @@ from keras import layers
 from tfpipeline.config import ModelConfig
 from tfpipeline.errors import UserError
 from tfpipeline.models.common import InputShape, check_inputs, choose, output_units, widths
+from tfpipeline.models.stems import high_pass
 
 DEFAULT_WIDTHS = (64, 256, 256)
 WHITEN_KERNEL = 2
@@ -99,7 +101,7 @@ def build_fast_resnet(config: ModelConfig, input_shape: InputShape, num_classes:
     height, width, channels = check_inputs(name, input_shape, MIN_SIDE)
     group_widths = widths(name, "filters", config.filters, DEFAULT_WIDTHS, exact=True)
     activation = choose(name, "activation", config.activation, ("gelu", "relu"), "gelu")
-    stem = choose(name, "stem", config.stem, ("whiten", "plain"), "whiten")
+    stem = choose(name, "stem", config.stem, ("whiten", "plain", "srm", "residual"), "whiten")
     identity = choose(name, "init", config.init, ("identity", "default"), "identity") == "identity"
     momentum = config.bn_momentum or DEFAULT_BN_MOMENTUM
     scale = config.head_scale or DEFAULT_HEAD_SCALE
@@ -109,8 +111,9 @@ def build_fast_resnet(config: ModelConfig, input_shape: InputShape, num_classes:
     stem_width = 2 * channels * WHITEN_KERNEL**2
     if stem == "whiten":
         x = WhiteningConv(stem_width, WHITEN_KERNEL, padding="valid", name="whiten")(inputs)
-    else:
-        x = layers.Conv2D(stem_width, WHITEN_KERNEL, padding="valid", name="stem")(inputs)
+    else:  # a trainable first conv, over the image or over a fixed high-pass residue of it
+        x = inputs if stem == "plain" else high_pass(stem, inputs)
+        x = layers.Conv2D(stem_width, WHITEN_KERNEL, padding="valid", name="stem")(x)
     x = layers.Activation(activation, name="stem_act")(x)
     for g, group_width in enumerate(group_widths, start=1):
         for c in (1, 2):

@@ -12,12 +12,14 @@ from tfpipeline.models.common import (
     DROPOUT_SEARCH,
     InputShape,
     check_inputs,
+    choose,
     dense_stack,
     l2_regularizer,
     min_conv_pool_side,
     output_layer,
     widths,
 )
+from tfpipeline.models.stems import NeighbourResidual, SRMFilters
 
 SMALL_CNN_SEARCH = {
     "filters_1": [8, 16, 32],
@@ -51,7 +53,12 @@ def _conv_net(name, config, input_shape, num_classes, filters, units, bn_stages,
     hint = f"; use --padding same (works down to {same_side}x{same_side}) or a larger --image-size"
     min_side = min_conv_pool_side(len(filters), config.padding)
     shape = check_inputs(name, input_shape, min_side, hint if config.padding == "valid" else "")
+    stem = choose(name, "stem", config.stem, ("plain", "srm", "residual"), "plain")
     stack: list = [keras.Input(shape=shape, name="image")]
+    if stem == "srm":
+        stack.append(SRMFilters(name="srm"))
+    elif stem == "residual":
+        stack.append(NeighbourResidual(name="neighbour_residual"))
     reg = {"kernel_regularizer": l2_regularizer(config.l2)}
     for i, width in enumerate(filters, start=1):
         # ReLU fused into the conv: same maths, and Grad-CAM then sees the activations.

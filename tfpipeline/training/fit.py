@@ -28,7 +28,7 @@ from tfpipeline.data import DataBundle, load_data
 from tfpipeline.decision import DecisionRule
 from tfpipeline.errors import UserError
 from tfpipeline.hardware import PrecisionChoice, choose_precision, cpu_info, machine_record, visible_gpus
-from tfpipeline.models import build_model, get_spec, parameter_counts
+from tfpipeline.models import MODELS, build_model, get_spec, parameter_counts
 from tfpipeline.training.callbacks import make_callbacks
 from tfpipeline.training.compile import compile_model
 from tfpipeline.training.metrics import monitor_metric
@@ -117,6 +117,12 @@ def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prep
             f"--image-size {config.data.image_size[0]}x{config.data.image_size[1]} is below "
             f"{config.model.name}'s minimum of {spec.min_image_size}"
         )
+    if config.data.crop and not spec.any_size:
+        able = ", ".join(name for name, other in MODELS.items() if other.any_size)
+        raise UserError(
+            f"--crop trains on windows and evaluates whole images, which needs a model that accepts any "
+            f"image size ({able}); {config.model.name} does not"
+        )
     precision = choose_precision(config.train.precision, cpu_info(), visible_gpus())
     scaling = resolve_scaling(config)
     bundle = load_data(config.data, scaling=scaling, epochs=epochs)
@@ -125,7 +131,9 @@ def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prep
     return Prepared(
         bundle=bundle,
         scaling=scaling,
-        input_shape=(*config.data.image_size, config.data.channels),
+        input_shape=(None, None, config.data.channels)
+        if config.data.crop
+        else (*config.data.image_size, config.data.channels),
         num_classes=bundle.info.num_classes,
         steps_per_epoch=math.ceil(len(bundle.splits["train"]) / config.data.batch_size),
         epoch_rule=dataclasses.replace(rule, value=rule.epoch_threshold(info.train_prior)),

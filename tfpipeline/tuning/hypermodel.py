@@ -75,7 +75,10 @@ class TrialData:
             "num_classes": self.num_classes,
             "label_mode": self.label_mode,
         }
-        train = build_dataset(splits["train"], data, training=True, cache_name="train", **common)
+        classes = self.prepared.bundle.info.class_names
+        train = build_dataset(
+            splits["train"], data, training=True, cache_name="train", class_names=classes, **common
+        )
         # Known cardinality: Keras then restarts the iterator every epoch of `steps_per_epoch`.
         train = train.apply(tf.data.experimental.assert_cardinality(steps))
         val = build_dataset(splits["val"], data, training=False, cache_name="val", **common)

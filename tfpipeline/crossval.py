@@ -1,0 +1,113 @@
+"""`tfpipeline cv`: stratified k-fold cross-validation over train+val, so a small validation set
+is not over-read.
+
+Fold k trains the same configuration with `--fold k/N`: its train and validation images are fold
+k's parts of a stratified, seeded N-fold partition of the data's train+val images (the test
+split, when there is one, is never touched). Every fold is an ordinary run folder under
+`OUT/runs/`; the decoded pixels are shared between folds by the pixel cache. The summary is one
+row per fold (AUC, accuracy, F1, training seconds) plus the mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tfpipeline.config import RunConfig, to_dict, write_yaml
+from tfpipeline.errors import UserError
+
+FOLD_METRICS = ("roc_auc", "accuracy", "f1", "pr_auc")
+
+
+@dataclass
+class CrossValidation:
+    """What `run_cv` produced: the per-fold table, its mean/std and where it is written."""
+
+    table: pd.DataFrame
+    summary: dict[str, Any]
+    out_dir: Path
+
+    def markdown(self) -> str:
+        columns = [c for c in ("fold", *FOLD_METRICS, "train_seconds", "run") if c in self.table]
+        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+        for _, row in self.table.iterrows():
+            lines.append("| " + " | ".join(_cell(row[c], c) for c in columns) + " |")
+        for stat in ("mean", "std"):
+            values = [stat] + [_cell(self.summary[stat].get(c), c) for c in columns[1:]]
+            lines.append("| " + " | ".join(values) + " |")
+        return "\n".join(lines)
+
+
+def _cell(value: Any, column: str = "") -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.1f}" if column == "train_seconds" else f"{value:.4f}"
+    return str(value)
+
+
+def run_cv(config: RunConfig, folds: int = 5, *, out: str | Path | None = None, recipe: dict | None = None):
+    """Train `config` on every fold and summarise the validation metrics.
+
+    Args:
+        config: the configuration to cross-validate (its `data.fold` must be empty).
+        folds: number of folds N (>= 2).
+        out: output folder (default `<run_dir>/cv-<model>-<time>`): `runs/` (a run folder per
+            fold), `folds.csv`, `summary.json`, `summary.md`, `config.yaml`.
+        recipe: the recipe the config came from (recorded with each run).
+
+    Raises:
+        UserError: `folds` < 2, a class with fewer images than folds, or any training problem.
+    """
+    from tfpipeline.workflow import run_training
+
+    if folds < 2:
+        raise UserError(f"--folds must be at least 2, got {folds}")
+    if config.data.fold:
+        raise UserError("cv chooses the folds itself; drop --fold")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out) if out else Path(config.train.run_dir) / f"cv-{config.model.name}-{stamp}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(out_dir / "config.yaml", to_dict(config))
+    rows = []
+    for k in range(1, folds + 1):
+        fold_config = dataclasses.replace(
+            config,
+            data=dataclasses.replace(config.data, fold=f"{k}/{folds}"),
+            train=dataclasses.replace(config.train, run_dir=str(out_dir / "runs")),
+        )
+        print(f"\n[cv] fold {k}/{folds}", flush=True)
+        result = run_training(fold_config, recipe=recipe)
+        val = result.metrics["val"]
+        rows.append(
+            {
+                "fold": k,
+                **{name: val.get(name) for name in FOLD_METRICS if name in val},
+                "val_images": val["num_samples"],
+                "train_seconds": round(result.train_seconds, 1),
+                "run": str(result.run.path),
+            }
+        )
+        pd.DataFrame(rows).to_csv(out_dir / "folds.csv", index=False)  # partial results survive a stop
+    table = pd.DataFrame(rows)
+    numeric = [c for c in (*FOLD_METRICS, "train_seconds") if c in table]
+    summary = {
+        "folds": folds,
+        "model": config.model.name,
+        "mean": {c: float(table[c].mean()) for c in numeric},
+        "std": {c: float(table[c].std(ddof=1)) for c in numeric},
+        "total_train_seconds": float(table["train_seconds"].sum()),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    result = CrossValidation(table=table, summary=summary, out_dir=out_dir)
+    (out_dir / "summary.md").write_text(
+        f"# {folds}-fold cross-validation: {config.model.name}\n\n{result.markdown()}\n"
+    )
+    return result
