@@ -157,3 +157,61 @@ def test_fgsm_moves_every_input_by_epsilon_along_the_gradient_sign():
     assert parse_epsilons("1/255, 0.5") == pytest.approx((1 / 255, 0.5))
     with pytest.raises(UserError, match="--eps"):
         parse_epsilons("2/0")
+
+
+def test_region_targets_from_names_and_the_masked_loss():
+    from tfpipeline.data.pipeline import region_targets_of
+    from tfpipeline.models.aux import masked_region_loss
+
+    split = Split(
+        labels=np.array([0, 0, 1, 0]),
+        paths=("f/easy_1_1001.jpg", "f/other.jpg", "r/real_2.jpg", "f/hard_3_0100.jpg"),
+    )
+    targets = region_targets_of(split, ("fake", "real"), "fake")
+    assert targets.tolist() == [[1, 0, 0, 1], [-1, -1, -1, -1], [0, 0, 0, 0], [0, 1, 0, 0]]
+    with pytest.raises(UserError, match="--aux-regions needs a real/fake task"):
+        region_targets_of(split, ("cat", "dog"), "fake")
+    probs = np.full((4, 4), 0.5, np.float32)
+    unknown_changed = probs.copy()
+    unknown_changed[1] = 0.99  # the unknown row must not matter
+    assert float(masked_region_loss(targets, probs)) == pytest.approx(
+        float(masked_region_loss(targets, unknown_changed))
+    )
+    assert float(masked_region_loss(targets, probs)) == pytest.approx(np.log(2), rel=1e-4)
+
+
+def test_aux_region_head_trains_and_serves_as_a_plain_classifier(tmp_path):
+    from PIL import Image
+
+    from tfpipeline.evaluation.run_context import load_run_model, open_run
+    from tfpipeline.models import AuxRegionModel
+    from tfpipeline.workflow import run_training
+
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 6), ("val", 3)):
+        for cls in ("fake", "real"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                name = f"easy_{i}_10{i % 2}1.jpg" if cls == "fake" else f"real_{i}.jpg"
+                pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / name)
+    config = RunConfig(
+        data=DataConfig(
+            data=str(tmp_path / "data"), image_size=(32, 32), batch_size=4, positive_class="fake"
+        ),
+        model=ModelConfig(name="fast_resnet", filters=(8, 8, 8), aux_regions=0.2),
+        train=TrainConfig(epochs=1, run_dir=str(tmp_path / "runs")),
+    )
+    result = run_training(config, verbose=0)
+    import keras
+
+    saved = keras.models.load_model(result.run.best_checkpoint, compile=False)
+    assert isinstance(saved, AuxRegionModel) and len(saved.network.outputs) == 2
+    plain = load_run_model(open_run(result.run.path))
+    assert len(plain.outputs) == 1 and plain.output_shape == (None, 1)
+    with pytest.raises(UserError, match="--aux-regions is available for fast_resnet, not small_cnn"):
+        run_training(
+            RunConfig(data=config.data, model=ModelConfig(name="small_cnn", padding="same", aux_regions=0.1)),
+            verbose=0,
+        )

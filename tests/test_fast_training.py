@@ -205,3 +205,43 @@ def test_ema_run_checkpoints_the_averaged_weights(image_folder, tmp_path):
     assert any(not np.allclose(raw, kept, atol=1e-4) for raw, kept in zip(recorder.raw, saved, strict=True))
     with pytest.raises(UserError, match="--ema is a decay"):
         TrainConfig(ema=1.0)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_an_ema_tta_run_resumes_exactly_and_exports_its_tta(image_folder, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from tfpipeline.export import export_run, load_export
+    from tfpipeline.training import RunFolder
+    from tfpipeline.workflow import run_training
+
+    def config(where):
+        base = _config(
+            image_folder, tmp_path / where, ema=0.7, tta="flip", schedule="onecycle", nesterov=True
+        )
+        return replace(base, train=replace(base.train, epochs=3))
+
+    reference = run_training(config("a"), verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config("b"), extra_callbacks=[lambda *_: _Interrupt()], verbose=0)
+    (folder,) = (tmp_path / "b" / "runs").iterdir()
+    resumed = run_training(config("b"), run=RunFolder.open(folder), resume=True, verbose=0)
+    columns = [c for c in reference.history.columns if c != "epoch_seconds"]
+    pd.testing.assert_frame_equal(resumed.history[columns], reference.history[columns], rtol=1e-5)
+    assert resumed.metrics["val"]["roc_auc"] == pytest.approx(reference.metrics["val"]["roc_auc"], abs=1e-6)
+
+    exported = export_run(resumed.run.path, out=tmp_path / "exports")
+    assert exported.metadata["tta"] == "flip"
+    model = load_export(exported.path)
+    pixels = np.random.default_rng(7).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    plain = resumed.model(pixels / 255.0).numpy()[:, 0]
+    mirrored = resumed.model(pixels[:, :, ::-1] / 255.0).numpy()[:, 0]
+    served = model.predict_pixels(pixels)[:, resumed.rule.positive_index]
+    np.testing.assert_allclose(served, (plain + mirrored) / 2, atol=1e-5)  # the graph averages the mirror too
+    assert json.loads((exported.path / "assets" / "metadata.json").read_text())["tta"] == "flip"

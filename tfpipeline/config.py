@@ -185,6 +185,8 @@ class ModelConfig:
         bn_momentum: BatchNormalization's moving-average momentum (Keras convention; 0: the
             model's own). Short trainings want a low value (fast_resnet: 0.4).
         head_scale: factor on the output layer's logits (0: the model's own; fast_resnet 1/9).
+        aux_regions: weight of an auxiliary head that names the edited face regions (eyes, nose,
+            mouth) of a fake, learnt from CIPLAB file names and self-blended fakes (0: off).
     """
 
     name: str = "small_cnn"
@@ -202,6 +204,7 @@ class ModelConfig:
     init: str = "auto"
     bn_momentum: float = 0.0
     head_scale: float = 0.0
+    aux_regions: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("padding", self.padding, ("valid", "same"))
@@ -210,6 +213,8 @@ class ModelConfig:
         _choice("init", self.init, ("auto", "default", "identity"))
         if not 0.0 <= self.bn_momentum < 1.0:
             raise UserError(f"--bn-momentum must be in [0, 1), got {self.bn_momentum}")
+        if self.aux_regions < 0:
+            raise UserError(f"--aux-regions is a loss weight (e.g. 0.1; 0: off), got {self.aux_regions}")
         if self.head_scale < 0:
             raise UserError(f"--head-scale must be positive (0: the model's own), got {self.head_scale}")
         if not 0.0 <= self.dropout_rate < 1.0:

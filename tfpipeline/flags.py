@@ -168,6 +168,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--bn-momentum", type=float, help="BatchNorm moving-average momentum (Keras convention)"
     )
     group.add_argument("--head-scale", type=float, help="factor on the output logits (0: the model's own)")
+    group.add_argument(
+        "--aux-regions",
+        type=float,
+        metavar="WEIGHT",
+        help="fast_resnet: an auxiliary head naming the edited face regions, this loss weight (e.g. 0.1)",
+    )
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:

@@ -186,6 +186,7 @@ def load_data(
     label_mode: str | None = None,
     check: bool = True,
     epochs: tuple[int, int] | None = None,
+    region_targets: bool = False,
 ) -> DataBundle:
     """Resolve, check and build the train/val(/test) pipelines for one run.
 
@@ -198,6 +199,8 @@ def load_data(
         check: run the bad-file check (cached) before building anything.
         epochs: `(first, stop)` to stream the training epochs as one dataset, each shuffled by
             its epoch number (see :func:`build_dataset`); None gives a plain reshuffling dataset.
+        region_targets: training batches also carry the edited-region targets of an auxiliary
+            region head (`y = (label, regions)`).
 
     Raises:
         UserError: for any data problem, including bad files without `--skip-bad`.
@@ -218,6 +221,7 @@ def load_data(
             cache_name=name,
             epochs=epochs if name == "train" else None,
             class_names=info.class_names,
+            region_targets=region_targets and name == "train",
         )
         for name, split in splits.items()
     }

@@ -89,8 +89,9 @@ class SelfBlend(keras.layers.Layer):
         seed: seeds every draw.
 
     Call: `(images [N, H, W, C] float 0..255, labels [N] int class indices)` ->
-    `(images, labels, regions)`, `regions` [N, 4] float: for synthesised fakes, which of
-    left eye, right eye, nose, mouth the mask covers (1); -1 for every other image (unknown).
+    `(images, labels, regions)`, `regions` [N, 4] float: for fakes synthesised in a face region,
+    which of left eye, right eye, nose, mouth the mask covers (1) or not (0); -1 for random
+    convex regions and for every image left alone (unknown).
     """
 
     def __init__(self, rate: float, real_index: int, fake_index: int, seed: int | None = None, **kwargs):
@@ -150,7 +151,7 @@ class SelfBlend(keras.layers.Layer):
         power = tf.where(convex, tf.fill([n], 2.0), tf.fill([n], 4.0))
         hits = tf.one_hot(tf.minimum(pick, 3), 4)
         hits = tf.where((pick == 4)[:, None], tf.constant([[1.0, 1.0, 0.0, 0.0]]), hits)
-        hits = tf.where(convex[:, None], tf.zeros_like(hits), hits)
+        hits = tf.where(convex[:, None], -tf.ones_like(hits), hits)  # a random region: unknown
         return centre, half, angle, power, hits
 
     def _source(self, images, height, width):

@@ -24,6 +24,7 @@ from tfpipeline.data.blend import make_blender
 from tfpipeline.data.decode import encoded_to_pixels, match_channels, resize_image, scale_pixels
 from tfpipeline.data.pixel_cache import DecodeSettings
 from tfpipeline.data.split import Split
+from tfpipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 LABEL_MODES = ("int", "binary", "categorical")
@@ -129,6 +130,7 @@ def build_dataset(
     cache_name: str = "split",
     epochs: tuple[int, int] | None = None,
     class_names: tuple[str, ...] = (),
+    region_targets: bool = False,
 ) -> tf.data.Dataset:
     """A batched dataset of (float32 images, labels) ready for `model.fit`.
 
@@ -144,6 +146,8 @@ def build_dataset(
             shuffled with a seed derived from its number (fit it with `steps_per_epoch`).
             Makes resumed runs reproduce uninterrupted ones.
         class_names: the class order (needed by `--synth-fakes` to find the real/fake classes).
+        region_targets: labels become `(label, regions)` with the edited-region targets of
+            :func:`region_targets_of` (an auxiliary region head's).
 
     Returns:
         A tf.data.Dataset; the same seed yields the same batches in the same order.
@@ -155,6 +159,11 @@ def build_dataset(
         dataset = dataset.cache()
     elif config.cache not in ("memory", "none"):
         dataset = dataset.cache(cache_path(split, config, cache_name))
+    if region_targets:
+        targets = tf.data.Dataset.from_tensor_slices(
+            region_targets_of(split, class_names, config.augment.fake_class)
+        )
+        dataset = tf.data.Dataset.zip((dataset, targets)).map(lambda pair, t: (pair[0], (pair[1], t)))
     if training and epochs is not None:
         # One seeded shuffle per epoch, keyed by the epoch number, so a resumed run sees exactly
         # the batches an uninterrupted run would. All epochs share the cache above.
@@ -173,16 +182,49 @@ def build_dataset(
 
     def to_model_inputs(images, labels):
         images = tf.cast(images, tf.float32)
+        targets = None
+        if region_targets:
+            labels, targets = labels
         if blender is not None:  # forgeries first, so they are augmented like every image
-            images, labels, _ = blender(images, labels)
+            before = labels
+            images, labels, made = blender(images, labels)
+            if targets is not None:
+                targets = tf.where(tf.not_equal(before, labels)[:, None], made, targets)
         if augmenter is not None:
             images = augmenter(images, training=True)
         if window is not None:
             images = window(images)
-        return scale_pixels(images, scaling), encode_labels(labels, label_mode, num_classes)
+        encoded = encode_labels(labels, label_mode, num_classes)
+        return scale_pixels(images, scaling), encoded if targets is None else (encoded, targets)
 
     dataset = dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def region_targets_of(split: Split, class_names: tuple[str, ...], fake_class: str) -> np.ndarray:
+    """Edited-region targets [N, 4] (left eye, right eye, nose, mouth) of a split's images.
+
+    Real images: nothing edited (0). Fakes named like CIPLAB's: their edited regions. Other
+    fakes: unknown (-1), which the auxiliary loss ignores.
+
+    Raises:
+        UserError: the task has no `fake_class`.
+    """
+    from tfpipeline.data.regions import parse_region_name
+
+    if fake_class not in class_names:
+        raise UserError(
+            f"--aux-regions needs a real/fake task with a '{fake_class}' class (or --fake-class NAME); "
+            f"classes here: {', '.join(class_names)}"
+        )
+    fake = class_names.index(fake_class)
+    targets = np.full((len(split), 4), -1.0, np.float32)
+    targets[split.labels != fake] = 0.0
+    for i, path in enumerate(split.paths):
+        label = parse_region_name(path) if split.labels[i] == fake else None
+        if label is not None:
+            targets[i] = np.array(label.edited, np.float32)
+    return targets
 
 
 def encode_labels(labels: tf.Tensor, label_mode: str, num_classes: int) -> tf.Tensor:

@@ -92,3 +92,35 @@ def breakdown_table(breakdown: dict[str, Any]) -> str:
             lines.append(f"| {name} | {row['count']} | {row['detected']} | {recall} | {auc} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def region_head_report(
+    paths: Sequence[str],
+    y_true: np.ndarray,
+    region_probs: np.ndarray,
+    class_names: Sequence[str],
+    fake_class: str,
+) -> dict[str, Any]:
+    """How well an auxiliary region head names the edited regions: per-region AUC.
+
+    The targets are the file names' (CIPLAB fakes) and "nothing edited" for reals; other fakes
+    are left out. Returns `{region: {"auc", "positives", "images"}}`, or {} without targets.
+    """
+    if fake_class not in class_names:
+        return {}
+    fake = list(class_names).index(fake_class)
+    targets = np.full((len(paths), len(REGIONS)), -1.0)
+    for i, path in enumerate(paths):
+        if y_true[i] != fake:
+            targets[i] = 0.0
+        elif (label := parse_region_name(path)) is not None:
+            targets[i] = np.array(label.edited, float)
+    out = {}
+    for r, region in enumerate(REGIONS):
+        known = targets[:, r] >= 0
+        positives = int((targets[known, r] == 1).sum())
+        if positives == 0 or positives == int(known.sum()):
+            continue
+        auc = float(roc_auc_score(targets[known, r], region_probs[known, r]))
+        out[region] = {"auc": auc, "positives": positives, "images": int(known.sum())}
+    return out

@@ -70,7 +70,7 @@ def evaluate_run(
         UserError: not a run folder, the split does not exist, the data's classes differ.
     """
     from tfpipeline.data import load_split
-    from tfpipeline.evaluation.breakdown import breakdown_table, fake_breakdown
+    from tfpipeline.evaluation.breakdown import breakdown_table, fake_breakdown, region_head_report
     from tfpipeline.evaluation.figures import Selection, gradcam_figure, top_losses_figure
     from tfpipeline.evaluation.metrics import classification_metrics, classification_report_text
     from tfpipeline.evaluation.plots import (
@@ -127,6 +127,20 @@ def evaluate_run(
         if breakdown:
             metrics["breakdown"] = breakdown
             report += "\n" + breakdown_table(breakdown)
+        if context.config.model.aux_regions:
+            head = region_head_report(
+                chosen.split.paths, y_true, _region_probs(context, chosen.dataset), names, fake_class
+            )
+            if head:
+                metrics["region_head"] = head
+                report += (
+                    "\nauxiliary region head, AUC per region: "
+                    + ", ".join(
+                        f"{region} {row['auc']:.3f} ({row['positives']} edited)"
+                        for region, row in head.items()
+                    )
+                    + "\n"
+                )
 
     files = {
         "classification_report": out_dir / "classification_report.txt",
@@ -195,6 +209,14 @@ def _adversarial(model, dataset, y_true, probs, epsilons, context, out_dir: Path
     )
     files["adversarial_examples"] = save_figure(figure, out_dir / "adversarial_examples.png")
     return rows
+
+
+def _region_probs(context: RunContext, dataset) -> np.ndarray:
+    """The auxiliary region head's outputs [N, 4] over `dataset` (runs trained with --aux-regions)."""
+    import keras
+
+    full = keras.models.load_model(context.run.model_checkpoint(), compile=False)
+    return np.concatenate([np.asarray(full.network(x, training=False)[1]) for x, _ in dataset])
 
 
 def _safe_name(location: str) -> str:

@@ -109,10 +109,11 @@ def load_run_model(context: RunContext):
 
     import tfpipeline.models  # noqa: F401  (registers ResNet50Preprocess for deserialisation)
     import tfpipeline.training.metrics  # noqa: F401  (registers the macro metrics)
+    from tfpipeline.models import main_model
 
     path = context.run.model_checkpoint()
     try:
-        return keras.models.load_model(path, compile=False)
+        return main_model(keras.models.load_model(path, compile=False))
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot load the checkpoint ({exc})") from exc
 

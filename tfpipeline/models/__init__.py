@@ -22,6 +22,7 @@ import numpy as np
 
 from tfpipeline.config import ModelConfig
 from tfpipeline.errors import UserError
+from tfpipeline.models.aux import AuxRegionModel, main_model
 from tfpipeline.models.common import InputShape, min_conv_pool_side, output_layer
 from tfpipeline.models.fast_resnet import (
     FAST_RESNET_SEARCH,
@@ -49,6 +50,8 @@ from tfpipeline.models.small import (
 
 __all__ = [
     "MODELS",
+    "AuxRegionModel",
+    "main_model",
     "InputShape",
     "ModelSpec",
     "PartialIdentity",
@@ -87,6 +90,7 @@ class ModelSpec:
             images (float32, already scaled as the model expects) before the first epoch.
         any_size: the model accepts images of any size (it pools globally), so it can train on
             crops (`--crop`) and be evaluated on whole images.
+        aux_head: the model can grow the auxiliary region head (`--aux-regions`).
     """
 
     build: Callable[[ModelConfig, InputShape, int], keras.Model]
@@ -100,6 +104,7 @@ class ModelSpec:
     gradcam_layer: tuple[str, ...] = ()
     data_init: Callable[[keras.Model, np.ndarray], None] | None = None
     any_size: bool = False
+    aux_head: bool = False
 
     def run_label(self, config: ModelConfig) -> str:
         return self.label(config) if self.label else config.name
@@ -132,6 +137,7 @@ MODELS: dict[str, ModelSpec] = {
         search_space=FAST_RESNET_SEARCH,
         data_init=init_whitening,
         any_size=True,
+        aux_head=True,
     ),
     "keras_cnn": ModelSpec(
         build_keras_cnn,

@@ -27,6 +27,7 @@ from keras import layers
 
 from tfpipeline.config import ModelConfig
 from tfpipeline.errors import UserError
+from tfpipeline.models.aux import REGION_OUTPUT, AuxRegionModel
 from tfpipeline.models.common import InputShape, check_inputs, choose, output_units, widths
 from tfpipeline.models.stems import high_pass
 
@@ -129,11 +130,14 @@ def build_fast_resnet(config: ModelConfig, input_shape: InputShape, num_classes:
                 x = layers.MaxPooling2D(2, name=f"group{g}_pool")(x)
             x = layers.BatchNormalization(momentum=momentum, scale=False, name=f"group{g}_bn{c}")(x)
             x = layers.Activation(activation, name=f"group{g}_act{c}")(x)
-    x = layers.GlobalMaxPooling2D(name="pool")(x)
-    x = layers.Dense(units, use_bias=False, kernel_initializer=small_uniform(), name="logits")(x)
+    features = layers.GlobalMaxPooling2D(name="pool")(x)
+    x = layers.Dense(units, use_bias=False, kernel_initializer=small_uniform(), name="logits")(features)
     x = layers.Rescaling(scale, name="head_scale")(x)
     outputs = layers.Activation(head_activation, dtype="float32", name="output")(x)
-    return keras.Model(inputs, outputs, name=name)
+    if not config.aux_regions:
+        return keras.Model(inputs, outputs, name=name)
+    regions = layers.Dense(4, activation="sigmoid", dtype="float32", name=REGION_OUTPUT)(features)
+    return AuxRegionModel(keras.Model(inputs, [outputs, regions], name=name), config.aux_regions, name=name)
 
 
 def whitening_weights(images: np.ndarray, kernel: int = WHITEN_KERNEL) -> tuple[np.ndarray, np.ndarray]:
@@ -191,8 +195,9 @@ def whitening_weights(images: np.ndarray, kernel: int = WHITEN_KERNEL) -> tuple[
 
 def init_whitening(model: keras.Model, images: np.ndarray) -> None:
     """Set the `whiten` layer of `model` (if it has one) from training `images`."""
+    network = model.network if isinstance(model, AuxRegionModel) else model
     try:
-        layer = model.get_layer("whiten")
+        layer = network.get_layer("whiten")
     except ValueError:
         return  # --stem plain: nothing to fit
     kernel, bias = whitening_weights(images, layer.kernel_size[0])

@@ -35,7 +35,7 @@ def with_tta(model: keras.Model, mode: str) -> keras.Model:
         return model
     if mode != "flip":
         raise ValueError(f"unknown test-time augmentation '{mode}'; known: {', '.join(TTA_MODES)}")
-    inputs = keras.Input(shape=model.input_shape[1:], name="image", dtype=model.input.dtype)
+    inputs = keras.Input(shape=model.inputs[0].shape[1:], name="image", dtype=model.inputs[0].dtype)
     plain = model(inputs, training=False)
     mirrored = model(HorizontalFlip(name="mirror")(inputs), training=False)
     averaged = layers.Average(dtype="float32", name="tta_mean")([plain, mirrored])

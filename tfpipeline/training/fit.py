@@ -28,7 +28,7 @@ from tfpipeline.data import DataBundle, load_data
 from tfpipeline.decision import DecisionRule
 from tfpipeline.errors import UserError
 from tfpipeline.hardware import PrecisionChoice, choose_precision, cpu_info, machine_record, visible_gpus
-from tfpipeline.models import MODELS, build_model, get_spec, parameter_counts
+from tfpipeline.models import MODELS, build_model, get_spec, main_model, parameter_counts
 from tfpipeline.training.callbacks import make_callbacks
 from tfpipeline.training.compile import compile_model
 from tfpipeline.training.metrics import monitor_metric
@@ -83,9 +83,15 @@ def binary_targets(bundle: DataBundle, split: str) -> np.ndarray:
 
 def _positive_first(bundle: DataBundle, dataset):
     """For binary data whose positive class is index 0, flip targets so 1 = positive."""
-    if bundle.info.positive_index == 0:
-        return dataset.map(lambda x, y: (x, 1.0 - y))
-    return dataset
+    if bundle.info.positive_index != 0:
+        return dataset
+
+    def flip(x, y):
+        if isinstance(y, tuple):  # (label, region targets) of an auxiliary region head
+            return x, (1.0 - y[0], y[1])
+        return x, 1.0 - y
+
+    return dataset.map(flip)
 
 
 @dataclass(frozen=True)
@@ -123,9 +129,16 @@ def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prep
             f"--crop trains on windows and evaluates whole images, which needs a model that accepts any "
             f"image size ({able}); {config.model.name} does not"
         )
+    if config.model.aux_regions and not spec.aux_head:
+        able = ", ".join(name for name, other in MODELS.items() if other.aux_head)
+        raise UserError(f"--aux-regions is available for {able}, not {config.model.name}")
+    if config.model.aux_regions and config.train.class_weight != "none":
+        raise UserError("--aux-regions cannot be combined with --class-weight (its targets carry no weights)")
     precision = choose_precision(config.train.precision, cpu_info(), visible_gpus())
     scaling = resolve_scaling(config)
-    bundle = load_data(config.data, scaling=scaling, epochs=epochs)
+    bundle = load_data(
+        config.data, scaling=scaling, epochs=epochs, region_targets=config.model.aux_regions > 0
+    )
     info = bundle.info
     rule = DecisionRule.for_classes(config.train.threshold, info.class_names, info.positive_class)
     return Prepared(
@@ -318,7 +331,7 @@ def train(
     return TrainResult(
         run=run,
         config=config,
-        model=keras.models.load_model(best_path),
+        model=main_model(keras.models.load_model(best_path)),
         bundle=bundle,
         history=history,
         scaling=prepared.scaling,
