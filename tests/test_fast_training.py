@@ -165,6 +165,14 @@ def test_tta_is_the_mean_of_image_and_mirror():
     np.testing.assert_allclose(with_tta(model, "flip")(images).numpy(), expected, atol=1e-6)
     assert with_tta(model, "none") is model
 
+    def view(x):  # a reference flip mean, in numpy
+        return (model(x).numpy() + model(x[:, :, ::-1]).numpy()) / 2
+
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, 2:, 2:], padded[:, :-2, :-2]
+    expected = 0.5 * view(images) + 0.25 * (view(up_left) + view(down_right))
+    np.testing.assert_allclose(with_tta(model, "flip-shift")(images).numpy(), expected, atol=1e-5)
+
 
 def _config(folder, tmp_path, **train) -> RunConfig:
     return RunConfig(

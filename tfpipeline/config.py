@@ -29,7 +29,7 @@ STEMS = ("plain", "whiten", "srm", "residual")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle", "plateau")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("none", "flip", "flip-shift")
 
 
 @dataclass(frozen=True)

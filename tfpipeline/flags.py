@@ -199,7 +199,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--norm-lr-scale", type=float, help="SGD: lr multiplier for BatchNorm offsets")
     group.add_argument("--ema", type=float, metavar="DECAY", help="average the weights (e.g. 0.999); 0: off")
     group.add_argument(
-        "--tta", choices=TTA_MODES, help="test-time augmentation: flip averages image + mirror"
+        "--tta",
+        choices=TTA_MODES,
+        help="test-time augmentation: flip averages image + mirror; flip-shift adds 1-pixel shifts",
     )
     group.add_argument(
         "--precision",
