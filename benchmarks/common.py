@@ -54,10 +54,36 @@ def warm_page_cache(folder: Path) -> int:
     return total
 
 
+def machine() -> dict:
+    """What every benchmark JSON carries: the CPU (model, cores, flags), oneDNN, library versions
+    and the load average (a loaded machine halves any figure, so check it before trusting one)."""
+    import keras
+    import tensorflow as tf
+
+    from tfpipeline.hardware import machine_record
+
+    versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        versions["torch"] = torch.__version__
+    record = machine_record()
+    return {
+        "cpu": record["cpu"],
+        "onednn": record["onednn"],
+        "versions": versions,
+        "loadavg": os.getloadavg(),
+    }
+
+
 def emit(result: dict) -> None:
     """Print the benchmark's one JSON object (last line of output)."""
     print(json.dumps(result, indent=None, default=float))
 
 
 def quiet_tensorflow() -> None:
+    """Quiet TensorFlow's start-up logs and apply tfpipeline's oneDNN default (before TF loads)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfpipeline.hardware import apply_onednn_default
+
+    apply_onednn_default()

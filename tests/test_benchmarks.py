@@ -28,14 +28,16 @@ def run_benchmark(script: str, *args: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def test_input_pipeline_benchmark(class_folder):
+def test_input_pipeline_benchmark(class_folder, image_folder):
     result = run_benchmark(
-        "input_pipeline.py", "--data", str(class_folder), "--image-size", "32", "--no-reference"
+        "input_pipeline.py",
+        *("--data", str(class_folder), str(image_folder / "train")),
+        *("--image-size", "32", "--repeats", "2", "--no-reference"),
     )
-    ours = result["tfpipeline"]
-    assert ours["images"] == 24
-    assert ours["first_epoch_images_per_sec"] > 0 and ours["cached_epoch_images_per_sec"] > 0
-    assert "first_epoch_images_per_sec_full_scale_decode" in ours
+    assert result["images"] == 24 + 16
+    for variant in ("first_epoch", "second_run", "cached_epoch"):
+        assert result["images_per_sec"][variant] > 0 and len(result["repeats"][variant]) == 2
+    assert result["cpu"]["cores"] >= 1 and "model" in result["cpu"] and "tensorflow" in result["versions"]
     assert result["reference"] == {"skipped": "skipped by --no-reference"}
 
 

@@ -49,7 +49,8 @@ class CpuInfo:
     """The CPU facts a benchmark or run records.
 
     Attributes:
-        model: the model name (`AMD EPYC 9B45`, `Intel(R) Xeon(R) ...`).
+        model: the model name (`AMD EPYC 9B45`, `Intel(R) Xeon(R) ...`; a hypervisor may shorten
+            it to `AMD EPYC`, which is why `family` is kept too).
         cores: CPUs this process may run on (its affinity, which is what a container gets).
         flags: the relevant instruction-set flags present (see RELEVANT_FLAGS).
         machine: `x86_64`, `aarch64`, ...
@@ -59,6 +60,7 @@ class CpuInfo:
     cores: int
     flags: tuple[str, ...]
     machine: str
+    family: str = ""  # vendor CPU family/model numbers: tell apart CPUs that share a name
     all_flags: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @property
@@ -82,7 +84,7 @@ class CpuInfo:
 
 def parse_cpuinfo(text: str, cores: int | None = None, machine: str | None = None) -> CpuInfo:
     """CpuInfo from the text of /proc/cpuinfo (the first processor's entries)."""
-    model, flags = "unknown", set()
+    model, flags, numbers = "unknown", set(), {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
@@ -90,11 +92,14 @@ def parse_cpuinfo(text: str, cores: int | None = None, machine: str | None = Non
             model = " ".join(value.split())
         elif key == "flags" and not flags:
             flags = set(value.split())
+        elif key in ("vendor_id", "cpu family", "model", "stepping") and key not in numbers:
+            numbers[key] = value.strip()
     return CpuInfo(
         model=model,
         cores=cores if cores is not None else (os.cpu_count() or 1),
         flags=tuple(f for f in RELEVANT_FLAGS if f in flags),
         machine=machine or platform.machine(),
+        family=" ".join(f"{k} {v}" for k, v in numbers.items()),
         all_flags=frozenset(flags),
     )
 
