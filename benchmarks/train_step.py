@@ -16,22 +16,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, quiet_tensorflow, torch_available  # noqa: E402
+from common import emit, machine, quiet_tensorflow, torch_available  # noqa: E402
 
 VARIANTS = {
     "default": {},
+    "onednn_off": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
+    "onednn_on": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}},
     "xla": {"jit_compile": True},
     "bf16": {"mixed_precision": "mixed_bfloat16"},
     "spe8": {"steps_per_execution": 8},
     "threads_1x2": {"inter_op": 1, "intra_op": 2},
     "threads_2x2": {"inter_op": 2, "intra_op": 2},
+    "avx2_tf_default": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
+    "avx2_tfpipeline": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}},
 }
+DEFAULT_VARIANTS = ("default", "onednn_off", "onednn_on", "xla", "bf16", "threads_1x2")
+AVX2_VARIANTS = ("avx2_tf_default", "avx2_tfpipeline")
+TORCH_AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+KERNEL_ENV = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 
 def measure_keras(options: dict, steps: int, batch_size: int, size: int, warmup: int) -> dict:
@@ -73,15 +83,36 @@ def measure_keras(options: dict, steps: int, batch_size: int, size: int, warmup:
     return {"images_per_sec": round(timed_steps * batch_size / seconds, 1), "steps": timed_steps}
 
 
-def run_variant(name: str, args) -> dict:
-    """Measure one variant in a fresh process (XLA, precision and threads are process-wide)."""
+def _env(extra: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
+    env.update(extra)
+    return env
+
+
+def run_variant(name: str, args) -> float | None:
+    """Images/s of one variant in a fresh process (XLA, precision, threads, kernels are process-wide)."""
     command = [
         sys.executable, __file__, "--measure-variant", name, "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = VARIANTS[name].get("env")
+    if env is None:  # tfpipeline's own default for this CPU
+        env = {}
+    completed = subprocess.run(command, capture_output=True, text=True, env=_env(env), check=False)
     if completed.returncode != 0:
-        return {"error": completed.stderr.strip().splitlines()[-1] if completed.stderr else "failed"}
+        print(f"train_step: {name} failed: {completed.stderr[-500:]}", file=sys.stderr)
+        return None
+    return json.loads(completed.stdout.strip().splitlines()[-1])["images_per_sec"]
+
+
+def run_torch(args, avx2: bool) -> dict:
+    command = [
+        sys.executable, str(Path(__file__).with_name("torch_compute.py")),
+        "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+        "--image-size", str(args.image_size),
+    ]  # fmt: skip
+    env = _env(TORCH_AVX2_ENV if avx2 else {})
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -92,45 +123,73 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default=",".join(DEFAULT_VARIANTS), help=f"subset of {', '.join(VARIANTS)}"
+    )
+    parser.add_argument(
+        "--emulate-avx2", action="store_true", help="also measure an AVX2-only CPU (see above)"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--measure-variant", help=argparse.SUPPRESS)  # internal: one variant, in-process
     args = parser.parse_args()
     if args.measure_variant:
-        print(
-            json.dumps(
-                measure_keras(VARIANTS[args.measure_variant], args.steps, args.batch_size, args.image_size, 3)
-            )
-        )
+        options = {k: v for k, v in VARIANTS[args.measure_variant].items() if k != "env"}
+        print(json.dumps(measure_keras(options, args.steps, args.batch_size, args.image_size, 3)))
         return
     names = [n for n in args.variants.split(",") if n]
+    if args.emulate_avx2:
+        names += [n for n in AVX2_VARIANTS if n not in names]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         sys.exit(f"train_step: unknown variant(s) {', '.join(unknown)}")
-
-    result: dict = {"benchmark": "train_step", "image_size": args.image_size, "batch_size": args.batch_size}
-    result["tfpipeline"] = {name: run_variant(name, args) for name in names}
     reason = "skipped by --no-reference" if args.no_reference else torch_available()
+    jobs = {name: (lambda n=name: run_variant(n, args)) for name in names}
+    if not reason:
+        jobs["torch"] = lambda: run_torch(args, avx2=False)
+        if args.emulate_avx2:
+            jobs["torch_avx2"] = lambda: run_torch(args, avx2=True)
+    figures: dict[str, list] = {name: [] for name in jobs}
+    for repeat in range(args.repeats):
+        for name in list(jobs) if repeat % 2 == 0 else list(jobs)[::-1]:
+            figures[name].append(jobs[name]())
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    result: dict = {
+        "benchmark": "train_step", "model": "small_cnn", "image_size": args.image_size,
+        "batch_size": args.batch_size, **machine(),
+        "tfpipeline": {
+            name: {"images_per_sec": median(figures[name]), "repeats": figures[name]} for name in names
+        },
+    }  # fmt: skip
     if reason:
         result["reference"] = {"skipped": reason}
-    else:
-        completed = subprocess.run(
-            [
-                sys.executable,
-                str(Path(__file__).with_name("torch_compute.py")),
-                "--steps", str(args.steps),
-                "--batch-size", str(args.batch_size),
-                "--image-size", str(args.image_size),
-            ],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        reference = json.loads(completed.stdout.strip().splitlines()[-1])
-        result["reference"] = reference
-        best_torch = max(reference["default_images_per_sec"], reference["channels_last_images_per_sec"])
-        ours = result["tfpipeline"].get("default", {}).get("images_per_sec")
-        if ours:
-            result["ratios"] = {"default_vs_faster_torch_layout": round(ours / best_torch, 2)}
-            result["targets"] = {"default_vs_faster_torch_layout": 2.5}
+        emit(result)
+        return
+    for key in [k for k in ("torch", "torch_avx2") if k in figures]:
+        runs = figures[key]
+        result["reference" if key == "torch" else "reference_avx2"] = {
+            layout: {"images_per_sec": median([r[f"{layout}_images_per_sec"] for r in runs]),
+                     "repeats": [r[f"{layout}_images_per_sec"] for r in runs]}
+            for layout in ("default", "channels_last")
+        }  # fmt: skip
+    ratios, targets = {}, {}
+    best = max(v["images_per_sec"] for v in result["reference"].values())
+    ours = result["tfpipeline"].get("default", {}).get("images_per_sec")
+    if ours:
+        ratios["default_vs_faster_torch_layout"] = round(ours / best, 2)
+        targets["default_vs_faster_torch_layout"] = 2.5 if result["cpu"]["isa"] in ("avx512", "amx") else 1.5
+    if "reference_avx2" in result and result["tfpipeline"].get("avx2_tfpipeline", {}).get("images_per_sec"):
+        best_avx2 = max(v["images_per_sec"] for v in result["reference_avx2"].values())
+        for name in AVX2_VARIANTS:
+            ratios[f"{name}_vs_faster_torch_layout_avx2"] = round(
+                result["tfpipeline"][name]["images_per_sec"] / best_avx2, 2
+            )
+        targets["avx2_tfpipeline_vs_faster_torch_layout_avx2"] = 1.5
+    result["ratios"], result["targets"] = ratios, targets
     emit(result)
 
 
