@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 
 from tfpipeline.config import TTA_MODES
+from tfpipeline.export.limits import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+)
 from tfpipeline.flags import int_at_least
 
 
@@ -12,6 +18,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import logging
 
     from tfpipeline.export import export_run
+    from tfpipeline.export.limits import ServingLimits
 
     if not args.debug:  # e.g. "Assets written to: <temporary folder>", tf2onnx's optimiser
         for noisy in ("tensorflow", "tf2onnx"):
@@ -25,6 +32,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         name=args.name,
         force=args.force,
         tta=args.tta,
+        limits=ServingLimits(
+            max_pixels=args.max_pixels,
+            max_side=args.max_side,
+            max_bytes=args.max_bytes,
+            max_batch=args.max_batch,
+        ),
     )
     meta = result.metadata
     print(f"exported {result.format} to {result.path} ({result.size_bytes:,} bytes)")
@@ -41,6 +54,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"  test-time augmentation in the graph: {meta['tta']}")
     if result.format == "saved_model":
         print("  signatures: serving_default (image_bytes), predict_images (float32), predict_images_uint8")
+    print(f"  limits: {ServingLimits.from_json(meta['limits']).describe()}")
     for fmt in ("tflite", "onnx"):
         converted = meta.get(fmt)
         if converted:
@@ -88,4 +102,18 @@ def register(commands) -> None:
         choices=TTA_MODES,
         help="test-time augmentation inside the exported graph (default: the run's)",
     )
+    limits = export.add_argument_group(
+        "serving limits",
+        "what the served model refuses before decoding (INVALID_ARGUMENT naming the input); "
+        "recorded in metadata.json and the model card, and applied by `tfpipeline predict`",
+    )
+    for option, default, what in (
+        ("--max-pixels", DEFAULT_MAX_PIXELS, "width x height an image may declare"),
+        ("--max-side", DEFAULT_MAX_SIDE, "pixels on either side of an image"),
+        ("--max-bytes", DEFAULT_MAX_BYTES, "bytes of one encoded image"),
+        ("--max-batch", DEFAULT_MAX_BATCH, "images in one call of any signature"),
+    ):
+        limits.add_argument(
+            option, type=int_at_least(1), default=default, metavar="N", help=f"{what} (default {default:,})"
+        )
     export.set_defaults(func=cmd_export)

@@ -20,12 +20,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tfpipeline.data.decode import DATA_MAX_PIXELS, DATA_MAX_SIDE
+
 # Bump when the checks change so stale cache entries are not trusted.
-_CHECK_VERSION = 3
+_CHECK_VERSION = 4
 SUPPORTED_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
-# Pillow's own decompression-bomb limit (~89.5 megapixels) or a side no photo has.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-MAX_SIDE = 30_000
+# The limits the training decoder's header guard enforces (Pillow's decompression-bomb threshold,
+# ~89.5 megapixels, and a side no photo has), so a file that passes the check always decodes.
+MAX_PIXELS = DATA_MAX_PIXELS
+MAX_SIDE = DATA_MAX_SIDE
 
 FATAL = {"zero-byte", "unreadable", "not-an-image", "unsupported-format", "corrupt", "too-large"}
 DESCRIPTIONS = {

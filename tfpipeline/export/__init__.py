@@ -8,11 +8,32 @@ Typical use::
     exported = load_export(result.path)
     probs = exported.predict_bytes([open("face.jpg", "rb").read()])      # (1, K), class order
 
-Modules: `signatures` (the serving functions), `archive` (layout, versions, atomic writes),
-`metadata` (metadata.json, data fingerprint), `model_card` (README.md), `tflite`, `loader`.
+Modules: `signatures` (the serving functions), `limits` (what a served model refuses),
+`archive` (layout, versions, atomic writes), `metadata` (metadata.json, data fingerprint),
+`model_card` (README.md), `tflite`, `onnx_export`, `loader`.
+
+The names below are imported on first use, so importing `tfpipeline.export.limits` (as the
+CLI does to show its defaults in `--help`) does not load TensorFlow.
 """
 
-from tfpipeline.export.archive import FORMATS, ExportResult, export_run
-from tfpipeline.export.loader import ExportedModel, is_export, load_export
+from __future__ import annotations
 
-__all__ = ["FORMATS", "ExportResult", "ExportedModel", "export_run", "is_export", "load_export"]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "FORMATS": "archive",
+    "ExportResult": "archive",
+    "export_run": "archive",
+    "ExportedModel": "loader",
+    "is_export": "loader",
+    "load_export": "loader",
+    "ServingLimits": "limits",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tfpipeline.export' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"tfpipeline.export.{_WHERE[name]}"), name)

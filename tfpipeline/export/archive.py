@@ -24,6 +24,7 @@ from typing import Any
 
 from tfpipeline.errors import UserError
 from tfpipeline.evaluation.run_context import ServingSpec
+from tfpipeline.export.limits import ServingLimits
 from tfpipeline.export.metadata import METADATA_FILE, build_metadata, write_metadata
 from tfpipeline.export.model_card import render_model_card
 from tfpipeline.export.signatures import write_saved_model
@@ -133,6 +134,7 @@ def export_run(
     name: str | None = None,
     force: bool = False,
     tta: str | None = None,
+    limits: ServingLimits | None = None,
 ) -> ExportResult:
     """Export a finished run's best checkpoint (see the module docstring).
 
@@ -145,6 +147,9 @@ def export_run(
         force: replace an existing version.
         tta: test-time augmentation built into the exported graph (default: the run's own), so
             served predictions equal `evaluate`'s.
+        limits: what the served model refuses before decoding (default :class:`ServingLimits`):
+            inside the SavedModel's graph, and recorded in metadata.json and the model card for
+            every format (`tfpipeline predict` applies them to any export).
 
     Raises:
         UserError: not a finished run, an unknown format, or the version exists without `force`.
@@ -158,8 +163,9 @@ def export_run(
     name = name or context.config.model.name
     target, version = resolve_target(out, name, version, force)
     spec = ServingSpec.from_context(context, tta)
+    limits = limits or ServingLimits()
     model = with_tta(load_run_model(context), spec.tta)  # every format predicts as evaluate did
-    metadata = build_metadata(context, spec, name=name, version=version, fmt=fmt)
+    metadata = build_metadata(context, spec, name=name, version=version, fmt=fmt, limits=limits)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=target.parent))
@@ -167,7 +173,7 @@ def export_run(
         if fmt == "saved_model":
             # write_out wants a fresh folder: write into a child, then lift its contents up.
             model_dir = temporary / "model"
-            write_saved_model(model, spec, str(model_dir))
+            write_saved_model(model, spec, str(model_dir), limits)
             for child in model_dir.iterdir():
                 os.replace(child, temporary / child.name)
             model_dir.rmdir()

@@ -5,6 +5,10 @@
 fits the predictor interface of :mod:`tfpipeline.evaluation.predict` (`class_names`,
 `rule`, `preprocess`, `__call__`) and also offers
 :meth:`ExportedModel.predict_bytes` for encoded files and :meth:`ExportedModel.predict_pixels`.
+
+An export's :class:`~tfpipeline.export.limits.ServingLimits` (metadata.json `limits`) hold
+whatever the format: a SavedModel enforces them in its graph, and for the keras, tflite and onnx
+formats the loader decodes with the same header guard and refuses the same batches.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tfpipeline.decision import DecisionRule
 from tfpipeline.errors import UserError
 from tfpipeline.evaluation.run_context import ServingSpec
 from tfpipeline.export.archive import existing_versions
+from tfpipeline.export.limits import ServingLimits
 from tfpipeline.export.metadata import read_metadata
 from tfpipeline.export.signatures import BYTES_SIGNATURE, FLOAT_SIGNATURE
 
@@ -63,12 +68,15 @@ class ExportedModel:
         path: the version folder.
         metadata: its metadata.json.
         spec: the preprocessing and decision facts, rebuilt from the metadata.
+        limits: what it refuses (metadata.json `limits`; the defaults for older exports).
     """
 
     path: Path
     metadata: dict[str, Any]
     spec: ServingSpec
+    limits: ServingLimits = field(default_factory=ServingLimits)
     _model: Any = field(default=None, repr=False)
+    _decode: Any = field(default=None, repr=False)
 
     # -- the predictor interface of tfpipeline.evaluation.predict
     @property
@@ -90,39 +98,69 @@ class ExportedModel:
     def preprocess(self, contents):
         """One file's bytes -> one model input (TF ops; runs inside tf.data).
 
-        A SavedModel decodes inside its serving signature, so the bytes pass through; the keras
-        and tflite formats get the training pipeline's uint8 pixels.
+        A SavedModel decodes (and applies its limits) inside its serving signature, so the bytes
+        pass through; the other formats get the training pipeline's uint8 pixels, decoded behind
+        the export's limits.
         """
         if self.format == "saved_model":
             return contents
         from tfpipeline.export.signatures import bytes_to_pixels
 
-        return bytes_to_pixels(contents, 0, self.spec)
+        return bytes_to_pixels(contents, "image file", self.spec, self.limits)
 
     def __call__(self, batch) -> np.ndarray:
-        """A batch of `preprocess` outputs -> (N, K) probabilities in class order."""
+        """A batch of `preprocess` outputs -> (N, K) probabilities in class order.
+
+        Raises:
+            UserError: the batch holds more than the export's `max_batch` images.
+        """
+        if len(batch) > self.limits.max_batch:
+            raise UserError(
+                f"a batch of {len(batch)} images is more than this export's max_batch "
+                f"{self.limits.max_batch} ({self.path}); "
+                f"predict with --batch-size {self.limits.max_batch} or less"
+            )
         if self.format == "saved_model":
             return self.predict_bytes(batch)
         return self.predict_pixels(batch)
 
     # -- direct use
     def predict_bytes(self, contents: Sequence[bytes] | Any) -> np.ndarray:
-        """Encoded image files -> (N, K) probabilities (any export format)."""
+        """Encoded image files -> (N, K) probabilities (any export format).
+
+        Raises:
+            tf.errors.InvalidArgumentError: the call breaks the export's limits (see
+                :mod:`tfpipeline.export.signatures`), or an image cannot be decoded.
+        """
         import tensorflow as tf
+
+        from tfpipeline.export.signatures import decode_batch, error_reason
 
         contents = tf.convert_to_tensor(contents, dtype=tf.string)
-        if self.format == "saved_model":
-            out = self._model.signatures[BYTES_SIGNATURE](image_bytes=contents)
-            return out["probabilities"].numpy().astype(np.float64)
-        from tfpipeline.export.signatures import decode_batch
-
-        return self.predict_pixels(decode_batch(contents, self.spec))
+        if self._decode is None:  # the other formats: traced once, a graph as in a SavedModel
+            spec = tf.TensorSpec([None], tf.string)
+            self._decode = tf.function(
+                lambda c: decode_batch(c, self.spec, self.limits), input_signature=[spec]
+            )
+        try:  # the reason first, without TensorFlow's framing: `predict` shows its first line
+            if self.format == "saved_model":
+                out = self._model.signatures[BYTES_SIGNATURE](image_bytes=contents)
+                return out["probabilities"].numpy().astype(np.float64)
+            return self.predict_pixels(self._decode(contents))
+        except tf.errors.InvalidArgumentError as exc:
+            raise tf.errors.InvalidArgumentError(exc.node_def, exc.op, error_reason(exc.message)) from exc
 
     def predict_pixels(self, pixels: Any) -> np.ndarray:
-        """Pixels [N, H, W, C] 0..255 at the model's size -> (N, K) probabilities."""
+        """Pixels [N, H, W, C] 0..255 at the model's size -> (N, K) probabilities.
+
+        Raises:
+            tf.errors.InvalidArgumentError: more than the export's `max_batch` images.
+        """
         import tensorflow as tf
 
-        pixels = tf.cast(tf.convert_to_tensor(pixels), tf.float32)
+        from tfpipeline.export.signatures import PIXELS_INPUT, checked_batch
+
+        pixels = checked_batch(tf.cast(tf.convert_to_tensor(pixels), tf.float32), self.limits, PIXELS_INPUT)
         if self.format == "saved_model":
             out = self._model.signatures[FLOAT_SIGNATURE](images=pixels)
             return out["probabilities"].numpy().astype(np.float64)
@@ -198,4 +236,5 @@ def load_export(path: str | Path, tta: str | None = None) -> ExportedModel:
             model = with_tta(keras.models.load_model(model_file, compile=False), exported_tta)
     except (OSError, ValueError) as exc:
         raise UserError(f"{model_file}: cannot load the exported model ({exc})") from exc
-    return ExportedModel(path=folder, metadata=meta, spec=spec_from_metadata(meta), _model=model)
+    limits = ServingLimits.from_json(meta.get("limits"))
+    return ExportedModel(folder, meta, spec_from_metadata(meta), limits, _model=model)

@@ -63,14 +63,17 @@ def training_metrics(run_path: Path, best_epoch: int | None) -> dict[str, Any] |
     return {"epoch": int(best_epoch or len(history)), **values}
 
 
-def build_metadata(context: Any, spec: Any, *, name: str, version: int, fmt: str) -> dict[str, Any]:
+def build_metadata(
+    context: Any, spec: Any, *, name: str, version: int, fmt: str, limits: Any
+) -> dict[str, Any]:
     """The metadata dict of an export.
 
     Args:
         context: the run's :class:`~tfpipeline.evaluation.run_context.RunContext`.
-        spec: the :class:`~tfpipeline.export.signatures.ServingSpec` the export was built with.
+        spec: the :class:`~tfpipeline.evaluation.run_context.ServingSpec` the export was built with.
         name / version: the export's model name and version.
-        fmt: `saved_model`, `keras` or `tflite`.
+        fmt: `saved_model`, `keras`, `tflite` or `onnx`.
+        limits: the :class:`~tfpipeline.export.limits.ServingLimits` it enforces.
     """
     import keras
     import tensorflow as tf
@@ -102,6 +105,7 @@ def build_metadata(context: Any, spec: Any, *, name: str, version: int, fmt: str
             "scaling": spec.scaling,
             "pixels": "0..255",
         },
+        "limits": limits.to_json(),
         "model": {"name": config.model.name, "config": to_dict(config.model)},
         "train_config": to_dict(config.train),
         "metrics": {

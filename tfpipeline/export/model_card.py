@@ -79,10 +79,11 @@ def _usage(meta: dict[str, Any]) -> list[str]:
     return [
         "Signatures (`saved_model_cli show --all --dir .` lists them):",
         "",
-        "- `serving_default`: `image_bytes` string [N], encoded JPEG/PNG/BMP/GIF files of any size. "
-        "Decoding, resizing and scaling happen inside the model, exactly as in training. A payload "
-        "that is not an image fails with INVALID_ARGUMENT "
-        '"input image_bytes[i] is not a decodable image".',
+        "- `serving_default`: `image_bytes` string [N], encoded JPEG/PNG/BMP/GIF files (GIFs: the "
+        "first frame). Decoding, resizing and scaling happen inside the model, exactly as in "
+        "training. A payload that is not an image fails with INVALID_ARGUMENT "
+        '"input image_bytes[i] is not a decodable image"; one beyond the limits below, with a '
+        "message naming the input, its size and the limit.",
         f"- `predict_images`: `images` float32 [N, {h}, {w}, {c}], pixels 0..255 already resized.",
         f"- `predict_images_uint8`: `images` uint8 [N, {h}, {w}, {c}], same.",
         "",
@@ -135,6 +136,36 @@ def _usage(meta: dict[str, Any]) -> list[str]:
         'out = model.signatures["serving_default"](image_bytes=tf.constant([image]))',
         'print(out["probabilities"].numpy(), out["class_name"].numpy())',
         "```",
+    ]
+
+
+def _limits(meta: dict[str, Any]) -> list[str]:
+    """The "Serving limits" section: what the model refuses, and how to raise it."""
+    limits = meta.get("limits")
+    if not limits:
+        return ["This export records no limits (it predates them): its graph decodes whatever it is sent."]
+    where = (
+        "The SavedModel refuses, inside its graph and before decoding anything"
+        if meta["format"] == "saved_model"
+        else f"`model.{meta['format']}` takes pixels, so these apply where tfpipeline decodes for it "
+        "(`tfpipeline predict`, `load_export`), which refuses"
+    )
+    return [
+        f"{where}, with INVALID_ARGUMENT naming the input, its size and the limit:",
+        "",
+        "| limit | value | refuses |",
+        "|---|---|---|",
+        f"| `max_pixels` | {limits['max_pixels']:,} | an image declaring more pixels (width x height) |",
+        f"| `max_side` | {limits['max_side']:,} | an image wider or taller than this |",
+        f"| `max_bytes` | {limits['max_bytes']:,} | an encoded image longer than this |",
+        f"| `max_batch` | {limits['max_batch']:,} | a call with more images (every signature) |",
+        "",
+        "Dimensions are read from the header bytes (JPEG frame header, PNG IHDR, GIF screen and "
+        "first-frame descriptors, BMP info header), so a decompression bomb is refused in "
+        "milliseconds instead of being decoded into gigabytes. A refused call fails as a whole; the "
+        "model keeps serving other calls. "
+        "To serve larger images, export again with higher limits: `tfpipeline export RUN "
+        "--max-pixels N --max-side N --max-bytes N --max-batch N`.",
     ]
 
 
@@ -242,6 +273,10 @@ def render_model_card(meta: dict[str, Any]) -> str:
         "## How to call it",
         "",
         *_usage(meta),
+        "",
+        "## Serving limits",
+        "",
+        *_limits(meta),
         "",
     ]
     return "\n".join(lines)
