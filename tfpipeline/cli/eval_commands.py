@@ -23,6 +23,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         top_losses=args.top_losses,
         tta=args.tta,
         adversarial=(args.eps or DEFAULT_EPSILONS) if args.adversarial else (),
+        groups=args.groups,
     )
     metrics = result.metrics
     where = f"{result.split} split of {metrics['data']} ({metrics['num_samples']} images)"
@@ -35,6 +36,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(result.report)
     headline = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss", "ece")
     print("  ".join(f"{k}={metrics[k]:.4f}" for k in headline if metrics.get(k) is not None))
+    for column, entry in (metrics.get("groups") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        print(f"\nby {column}:")
+        for group, row in entry["groups"].items():
+            shown = "  ".join(
+                f"{m}={row[m]['value']:.3f} [{row[m]['low']:.3f}, {row[m]['high']:.3f}]"
+                for m in ("accuracy", "tpr", "fpr", "auc")
+            )
+            print(f"  {group} (n={row['support']}): {shown}")
+        if entry.get("too_small"):
+            print(f"  too small to measure (< 20 images or one class): {', '.join(entry['too_small'])}")
+        if entry.get("largest_gap"):
+            gap = entry["largest_gap"]
+            print(
+                f"  largest gap: {gap['metric']} {gap['gap']:.3f} ({gap['highest']} vs {gap['lowest']}); "
+                f"equalised-odds difference {entry['equalized_odds_difference']:.3f}, "
+                f"demographic-parity difference {entry['demographic_parity_difference']:.3f}"
+            )
     if metrics.get("adversarial"):
         print("\nFGSM robustness (ε in grey levels of 255):")
         for row in metrics["adversarial"]:
@@ -96,6 +116,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from tfpipeline.evaluation.explain import explain_run
+
+    result = explain_run(
+        args.run,
+        layers=args.layers or (),
+        images=args.images,
+        channels=args.channels,
+        top=args.top,
+        out=args.out,
+    )
+    print(f"layers: {', '.join(result.layers)}")
+    print(f"wrote to {result.out_dir}:")
+    for path in result.files.values():
+        print(f"  {path.name}")
+    return 0
+
+
 def _epsilons(text: str):
     from tfpipeline.evaluation.adversarial import parse_epsilons
 
@@ -136,6 +174,11 @@ def register(commands) -> None:
     )
     evaluate.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's own)")
     evaluate.add_argument(
+        "--groups",
+        metavar="FILE.csv",
+        help="per-group report: a CSV with a path column and one or more group columns",
+    )
+    evaluate.add_argument(
         "--adversarial",
         choices=("fgsm",),
         help="robustness report: accuracy and AUC under the fast gradient sign attack at each --eps",
@@ -146,6 +189,23 @@ def register(commands) -> None:
         help="FGSM steps as shares of the pixel range (default 1/255,2/255,4/255,8/255)",
     )
     evaluate.set_defaults(func=cmd_evaluate)
+
+    explain = commands.add_parser(
+        "explain",
+        help="what each layer learned: first-layer filters, feature maps, most-activating images",
+        description="Write RUN/explain/: filters.png (first convolution), feature_maps_<layer>.png (each "
+        "convolution's first channels for a few validation images) and top_images.png (the validation "
+        "images that activate the deepest convolution's most varying channels most).",
+    )
+    explain.add_argument("run", metavar="RUN", help="run folder")
+    explain.add_argument("--layers", type=parse_names, help="convolutions to show (default: every one)")
+    explain.add_argument("--images", type=int_at_least(1), default=3, help="images in feature-map figures")
+    explain.add_argument("--channels", type=int_at_least(1), default=8, help="channels shown per layer")
+    explain.add_argument(
+        "--top", type=int_at_least(1), default=6, help="images per channel in top_images.png"
+    )
+    explain.add_argument("--out", metavar="DIR", help="output folder (default RUN/explain)")
+    explain.set_defaults(func=cmd_explain)
 
     compare = commands.add_parser(
         "compare",

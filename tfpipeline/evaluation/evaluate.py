@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tfpipeline.errors import UserError
 from tfpipeline.evaluation.run_context import RunContext, load_run_model, open_run
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def evaluate_run(
     top_losses: int = 9,
     tta: str | None = None,
     adversarial: tuple[float, ...] = (),
+    groups: str | Path | None = None,
 ) -> EvaluationResult:
     """Evaluate a run's checkpoint on `split` and write every artefact.
 
@@ -65,14 +67,19 @@ def evaluate_run(
         tta: test-time augmentation of the predictions (default: the run's own).
         adversarial: FGSM steps ε (shares of the pixel range, e.g. 2/255) to report robustness
             at: adversarial.csv, robustness.png and adversarial_examples.png.
+        groups: a CSV naming a group for files of the split (`path,group[,...]`): per-group
+            metrics with confidence intervals and the largest gaps (groups.json, groups.png).
 
     Raises:
         UserError: not a run folder, the split does not exist, the data's classes differ.
     """
     from tfpipeline.data import load_split
     from tfpipeline.evaluation.breakdown import breakdown_table, fake_breakdown, region_head_report
+    from tfpipeline.evaluation.facts import summary_facts
     from tfpipeline.evaluation.figures import Selection, gradcam_figure, top_losses_figure
+    from tfpipeline.evaluation.groups import group_report, plot_groups, read_groups
     from tfpipeline.evaluation.metrics import classification_metrics, classification_report_text
+    from tfpipeline.evaluation.operating import operating_points, operating_table
     from tfpipeline.evaluation.plots import (
         plot_confusion_matrix,
         plot_precision_recall,
@@ -121,6 +128,10 @@ def evaluate_run(
     }
     metrics["calibration"] = {"ece": metrics["ece"], "bins": ECE_BINS, "table": _calibration(y_true, probs)}
     report = classification_report_text(y_true, probs, names, rule=rule)
+    points = operating_points(y_true, probs, rule)
+    if points:
+        metrics["operating_points"] = points
+        report += "\n" + operating_table(points, str(rule.positive_class))
     if chosen.split.from_files:
         fake_class = context.config.data.augment.fake_class
         breakdown = fake_breakdown(chosen.split.paths, y_true, probs, rule, names, fake_class)
@@ -147,10 +158,17 @@ def evaluate_run(
         "metrics": out_dir / "metrics.json",
     }
     files["classification_report"].write_text(report)
-    files["metrics"].write_text(json.dumps(metrics, indent=2))
     figures = {
         "confusion_matrix": lambda: plot_confusion_matrix(y_true, y_pred, names),
-        "roc": lambda: plot_roc(y_true, probs, names, rule.metric_index),
+        "roc": lambda: plot_roc(
+            y_true,
+            probs,
+            names,
+            rule.metric_index,
+            mark=(points[0]["fpr"], points[0]["recall"], f"this run's threshold {rule.value:.3f}")
+            if points
+            else None,
+        ),
         "precision_recall": lambda: plot_precision_recall(y_true, probs, names, rule.metric_index),
         "reliability": lambda: plot_reliability_diagram(y_true, probs, ECE_BINS),
     }
@@ -163,11 +181,18 @@ def evaluate_run(
     if gradcam > 0:
         files["gradcam"] = gradcam_figure(selection, model, y_true, probs, y_pred, gradcam, out_dir)
 
+    if groups is not None:
+        if not chosen.split.from_files:
+            raise UserError(f"--groups matches files by path; {chosen.info.location} is not an image folder")
+        metrics["groups"] = group_report(read_groups(groups, chosen.split.paths), y_true, probs, rule)
+        files["groups"] = out_dir / "groups.json"
+        files["groups"].write_text(json.dumps(metrics["groups"], indent=2))
+        files["groups_plot"] = save_figure(plot_groups(metrics["groups"]), out_dir / "groups.png")
     if adversarial:
         metrics["adversarial"] = _adversarial(
             with_tta(model, tta), chosen.dataset, y_true, probs, adversarial, context, out_dir, files
         )
-        files["metrics"].write_text(json.dumps(metrics, indent=2))
+    files["metrics"].write_text(json.dumps(metrics, indent=2))
 
     summary = write_summary(summary_facts(context, chosen.info, split, metrics, external))
     files["summary"] = out_dir / "summary.md"
@@ -235,72 +260,3 @@ def _calibration(y_true: np.ndarray, probs: np.ndarray) -> list[dict[str, Any]]:
         | {"count": int(table["count"][i])}
         for i in range(ECE_BINS)
     ]
-
-
-# ---------------------------------------------------------------------------------------------
-# summary facts
-
-
-def summary_facts(
-    context: RunContext, data_info, split: str, metrics: dict[str, Any], external: bool = False
-) -> dict[str, Any]:
-    """The facts `write_summary` needs, from run.json, the config, history.csv and the metrics.
-
-    The data section describes what the model was trained on (run.json's counts); the evaluated
-    split, and whether it is external data the model never saw, is a fact of its own.
-    """
-    import pandas as pd
-
-    from tfpipeline.models import MODELS, get_spec
-
-    config, info = context.config, context.info
-    spec = get_spec(config.model.name)
-    history = pd.read_csv(context.run.history_file) if context.run.history_file.is_file() else pd.DataFrame()
-    train_metrics = {}
-    if len(history):
-        last = history.iloc[-1]
-        skip = {"epoch", "epoch_seconds", "learning_rate"}
-        train_metrics = {
-            k: float(last[k]) for k in history.columns if not k.startswith("val_") and k not in skip
-        }
-    scalars = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list, str))}
-    val_metrics = scalars if split == "val" and not external else (context.metrics.get("val") or {})
-    facts: dict[str, Any] = {
-        "run_name": f"{context.run.path.name} (evaluated on {split})",
-        "data_source": (info.get("data") or {}).get("location", config.data.data),
-        "class_names": list(context.class_names),
-        "split_counts": (info.get("data") or {}).get("counts") or data_info.counts,
-        "evaluation_data": {
-            "location": data_info.location,
-            "split": split,
-            "counts": data_info.counts.get(split, {}),
-            "external": external,
-        },
-        "model_name": config.model.name,
-        "model_params": int(info.get("total_params") or 0),
-        "trainable_params": info.get("trainable_params"),
-        "pretrained": spec.pretrained(config.model),
-        "pretrained_models": [name for name, other in MODELS.items() if other.can_be_pretrained],
-        "image_size": list(config.data.image_size),
-        "epochs_run": int(info.get("epochs_run") or len(history)),
-        "epochs_planned": config.train.epochs,
-        "optimizer": config.train.optimizer,
-        "lr": config.train.lr,
-        "schedule": config.train.schedule,
-        "early_stopping": config.train.early_stopping,
-        "stopped_early": bool(info.get("stopped_early", False)),
-        "best_epoch": context.metrics.get("best_epoch"),
-        "train_seconds": info.get("train_seconds"),
-        "class_weight": config.train.class_weight,
-        "augmentation": config.data.augment.enabled,
-        "train_metrics": train_metrics,
-        "val_metrics": val_metrics,
-        "test_metrics": scalars if split != "val" or external else None,
-        "test_label": "test"
-        if split == "test" and not external
-        else ("external " if external else "") + split,
-    }
-    if context.rule.binary:
-        facts["threshold_policy"] = context.rule.policy
-        facts["threshold"] = context.rule.value
-    return {k: v for k, v in facts.items() if v is not None}

@@ -155,6 +155,29 @@ def plot_gradcam_grid(
     return fig
 
 
+def conv_layer_paths(model: keras.Model) -> list[tuple[str, ...]]:
+    """Paths (as for `layer_path`) of every 2-D convolution of `model`, nested ones included,
+    in forward order."""
+    paths: list[tuple[str, ...]] = []
+
+    def walk(layer: Any, prefix: tuple[str, ...]) -> None:
+        for child in getattr(layer, "layers", []):
+            if isinstance(child, CONV_TYPES) and _output_rank(child) in (None, 4):
+                paths.append((*prefix, child.name))
+            elif getattr(child, "layers", None):
+                walk(child, (*prefix, child.name))
+
+    walk(model, ())
+    return paths
+
+
+def layer_output(model: keras.Model, layer_path: Sequence[str], images: Any) -> np.ndarray:
+    """The output of the layer at `layer_path` (see :func:`find_last_conv_layer`) for `images`."""
+    x = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
+    captured, _ = _forward(model, tuple(layer_path), x)
+    return np.asarray(captured)
+
+
 # ---------------------------------------------------------------------------------------------
 
 

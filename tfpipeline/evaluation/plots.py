@@ -120,10 +120,17 @@ def plot_compare_runs(histories: Mapping[str, Any], metric: str) -> Figure:
     return fig
 
 
-def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], positive_index: int = 1) -> Figure:
+def plot_roc(
+    y_true: Any,
+    probs: Any,
+    class_names: Sequence[str],
+    positive_index: int = 1,
+    mark: tuple[float, float, str] | None = None,
+) -> Figure:
     """ROC curve(s): the positive class for K=2, one-vs-rest per class otherwise; AUC in legend.
 
     Each curve is scikit-learn's `RocCurveDisplay.from_predictions` drawn on a shared axis.
+    `mark` = (FPR, TPR, label) marks an operating point, e.g. the run's own threshold.
     """
     y_true, probs = _as_arrays(y_true, probs)
     fig = Figure(figsize=(6.4, 5.6), layout="constrained")
@@ -137,6 +144,8 @@ def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], positive_index
             positives, probs[:, c], name=name, ax=ax, curve_kwargs={"color": colour, "lw": 1.8}
         )
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance (AUC = 0.5)")
+    if mark is not None:
+        ax.plot([mark[0]], [mark[1]], "o", color="tab:red", ms=7, label=mark[2])
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")

@@ -31,6 +31,8 @@ Optional keys
     train_metrics       dict    last-epoch training metrics (same names), for the train-val gap
     test_metrics        dict    scalar metrics on the test split (or another evaluated split)
     test_label          str     column header of `test_metrics` (default `test`)
+    group_gap           dict    the largest per-group gap (`by`, `metric`, `gap`, `highest`,
+                                `lowest`), from `evaluate --groups`
     evaluation_data     dict    what was evaluated: `location`, `split`, `counts` {class: n},
                                 `external` (data the model was not trained or validated on)
     threshold_policy    str     `0.5`, `prior`, `tuned`, ... (binary tasks)
@@ -71,6 +73,7 @@ SMALL_TRAIN_SET = 2000  # images
 IMBALANCE_RATIO = 1.5  # largest over smallest training class
 ECE_TOLERANCE = 0.05
 UNDERFIT_ACCURACY = 0.80
+GROUP_GAP_TOLERANCE = 0.05
 
 
 def write_summary(facts: Mapping[str, Any]) -> str:
@@ -203,6 +206,12 @@ def _next(facts: Mapping[str, Any]) -> str:
             tips.append("judge by PR AUC and recall")
             counts = f"{low} vs {high} training images"
             ideas.append(f"Classes are imbalanced ({counts}): " + ", ".join(tips) + ".")
+    gap = facts.get("group_gap")
+    if gap and gap["gap"] > GROUP_GAP_TOLERANCE:
+        ideas.append(
+            f"By {gap['by']}, {gap['metric']} differs by {gap['gap']:.3f} between {gap['highest']} and "
+            f"{gap['lowest']}: check that group's data and errors before trusting the model for it."
+        )
     ece = test.get("ece", val.get("ece"))
     if ece is not None and ece > ECE_TOLERANCE:
         ideas.append(f"ECE is {ece:.3f}: probabilities are miscalibrated; fit temperature scaling on val.")
