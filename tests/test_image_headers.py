@@ -18,11 +18,11 @@ from PIL import Image
 
 from tfpipeline.config import DataConfig
 from tfpipeline.data.check import MAX_PIXELS, MAX_SIDE, check_files
-from tfpipeline.data.decode import (
+from tfpipeline.data.decode import decode_image
+from tfpipeline.data.headers import (
     DATA_MAX_PIXELS,
     DATA_MAX_SIDE,
     NOT_AN_IMAGE,
-    decode_image,
     gif_first_frame,
     guard_header,
 )

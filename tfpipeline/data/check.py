@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tfpipeline.data.decode import DATA_MAX_PIXELS, DATA_MAX_SIDE
+from tfpipeline.data.headers import DATA_MAX_PIXELS, DATA_MAX_SIDE
 
 # Bump when the checks change so stale cache entries are not trusted.
 _CHECK_VERSION = 4

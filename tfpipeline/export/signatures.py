@@ -27,7 +27,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfpipeline.data.decode import NOT_AN_IMAGE, encoded_to_pixels, require, scale_pixels
+from tfpipeline.data.decode import encoded_to_pixels, scale_pixels
+from tfpipeline.data.headers import NOT_AN_IMAGE, require
 from tfpipeline.evaluation.run_context import ServingSpec
 from tfpipeline.export.limits import ServingLimits
 
