@@ -166,3 +166,17 @@ def test_cache_info_and_clear_commands(tmp_path, capsys):
     assert str(pixel_cache.cache_root()) in out and "3 images" in out and "8x8" in out
     assert main(["cache", "clear"]) == 0
     assert "freed" in capsys.readouterr().out and not pixel_cache.cache_root().exists()
+
+
+def test_the_data_check_fills_the_cache_so_a_first_run_decodes_once(image_folder, caplog):
+    from tfpipeline.data import load_data
+
+    config = DataConfig(data=str(image_folder), image_size=(24, 24), batch_size=4)
+    with caplog.at_level(logging.INFO, logger="tfpipeline.data.pipeline"):
+        bundle = load_data(config, scaling="unit")
+    assert "pixel cache: decoded" not in caplog.text  # the check's pass already stored the pixels
+    stored = pixel_cache.info().settings
+    assert len(stored) == 1 and stored[0]["images"] == sum(len(s) for s in bundle.splits.values())
+    pixels = np.concatenate([x for x, _ in bundle.val.as_numpy_iterator()])
+    fresh = np.concatenate([x for x, _ in decoded_images(bundle.splits["val"], config).batch(8)])
+    np.testing.assert_allclose(pixels, fresh / 255.0, atol=1e-6)

@@ -98,7 +98,11 @@ def check_source(source: DataSource, config: DataConfig) -> CheckReport | None:
     paths = [p for split in source.splits.values() for p in split.paths]
     if not paths:
         return None
-    return check_files(paths, channels=config.channels, target_hw=tuple(config.image_size))
+    from tfpipeline.data.pipeline import decode_settings
+
+    # The check's decoding pass also fills the pixel cache the pipeline reads (cache=memory).
+    fill = decode_settings(config) if config.cache == "memory" else None
+    return check_files(paths, channels=config.channels, target_hw=tuple(config.image_size), fill=fill)
 
 
 def _drop_bad(source: DataSource, report: CheckReport | None, config: DataConfig) -> tuple[dict, tuple]:

@@ -155,24 +155,43 @@ def _raw_mode(image: Image.Image) -> str:
     return ""
 
 
-def decode_failures(paths: list[str], channels: int, target_hw: tuple[int, int]) -> dict[str, str]:
-    """Files the training decoder rejects, mapped to the decoder's error message."""
+def decode_failures(
+    paths: list[str], channels: int, target_hw: tuple[int, int], settings=None
+) -> dict[str, str]:
+    """Files the training decoder rejects, mapped to the decoder's error message.
+
+    Args:
+        settings: the run's full decode settings (:class:`~tfpipeline.data.pixel_cache.DecodeSettings`);
+            when given, the files that decode are also resized and their pixels stored in the
+            persistent pixel cache, so this one decoding pass is also the first run's only one.
+    """
     if not paths:
         return {}
     import tensorflow as tf
 
-    from tfpipeline.data.decode import decode_image
+    from tfpipeline.data.decode import decode_image, encoded_to_pixels
 
-    def try_decode(index, path):
-        image = decode_image(tf.io.read_file(path), channels, target_hw)
-        return index, tf.shape(image)
+    def decode_one(index, path):
+        contents = tf.io.read_file(path)
+        if settings is None:
+            return index, tf.shape(decode_image(contents, channels, target_hw))
+        size, interpolation = settings.size, settings.interpolation
+        return index, encoded_to_pixels(contents, settings.channels, size, settings.resize, interpolation)
 
     decoded = (
         tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
-        .map(try_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        .map(decode_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
         .ignore_errors()
     )
-    ok = {int(index) for index, _ in decoded.as_numpy_iterator()}
+    ok, pixels = set(), {}
+    for index, image in decoded.as_numpy_iterator():
+        ok.add(int(index))
+        if settings is not None:
+            pixels[int(index)] = image
+    if pixels:
+        _fill_pixel_cache(
+            [paths[i] for i in sorted(pixels)], np.stack([pixels[i] for i in sorted(pixels)]), settings
+        )
     failures = {}
     for index in sorted(set(range(len(paths))) - ok):
         try:  # decode the failed file once more, eagerly, only to capture the reason
@@ -181,6 +200,19 @@ def decode_failures(paths: list[str], channels: int, target_hw: tuple[int, int])
         except tf.errors.OpError as exc:
             failures[paths[index]] = _op_error_text(exc.message)
     return failures
+
+
+def _fill_pixel_cache(paths: list[str], pixels: np.ndarray, settings) -> None:
+    from tfpipeline.data import pixel_cache
+
+    if not pixel_cache.enabled():
+        return
+    store = pixel_cache.PixelStore(settings)
+    keys = [pixel_cache.file_key(p) for p in paths]
+    _, found = store.lookup(keys)
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        store.store([keys[i] for i in missing], pixels[missing])
 
 
 def _decode_problem(path: str, message: str) -> FileProblem:
@@ -209,6 +241,7 @@ def check_files(
     channels: int = 3,
     target_hw: tuple[int, int] = (224, 224),
     cache_dir: str | Path | None = None,
+    fill=None,
 ) -> CheckReport:
     """Check every file; results for unchanged files come from the cache.
 
@@ -218,6 +251,8 @@ def check_files(
             depends on the target size, so it is part of what is checked).
         cache_dir: where results are remembered; default `$TFPIPELINE_CACHE_DIR` or
             `~/.cache/tfpipeline`. Pass a folder that does not exist to disable reuse.
+        fill: the run's decode settings (:class:`~tfpipeline.data.pixel_cache.DecodeSettings`):
+            the decoding pass then also fills the pixel cache the pipeline reads.
 
     Returns:
         A CheckReport listing every finding, bad files first in path order.
@@ -243,7 +278,7 @@ def check_files(
         results[path], decodable = inspect_header(path)
         if decodable:
             to_decode.append(path)
-    for path, message in decode_failures(to_decode, channels, target_hw).items():
+    for path, message in decode_failures(to_decode, channels, target_hw, fill).items():
         results[path].insert(0, _decode_problem(path, message))
     for path, found in results.items():
         if path in stats:
