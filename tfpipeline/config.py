@@ -30,6 +30,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle", "plateau")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 TTA_MODES = ("none", "flip", "flip-shift")
+OOD_METHODS = ("mahalanobis", "energy", "msp", "autoencoder")
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,9 @@ class TrainConfig:
             averages the predictions of the image and its mirror image.
         precision: `float32`, `bfloat16` / `float16` mixed precision, or `auto` (chosen from the
             hardware: see `tfpipeline.hardware.choose_precision`).
+        ood: the out-of-domain detector fitted after training (:mod:`tfpipeline.ood`):
+            `mahalanobis`, `energy`, `msp`, `autoencoder`, or `none`.
+        ood_accept: share of in-domain validation images the detector's threshold accepts.
     """
 
     epochs: int = 10
@@ -260,6 +264,7 @@ class TrainConfig:
     ema: float = 0.0
     tta: str = "none"
     precision: str = "auto"
+    checkpoint: str = "best"
     early_stopping: int = 0
     class_weight: str = "none"
     label_smoothing: float = 0.0
@@ -267,12 +272,18 @@ class TrainConfig:
     deterministic: bool = False
     run_dir: str = "runs"
     steps_per_execution: int = 1
+    ood: str = "mahalanobis"
+    ood_accept: float = 0.95
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("ood", self.ood, (*OOD_METHODS, "none"))
+        if not 0.0 < self.ood_accept < 1.0:
+            raise UserError(f"--ood-accept is a share of validation images in (0, 1), got {self.ood_accept}")
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("tta", self.tta, TTA_MODES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("checkpoint", self.checkpoint, ("best", "last"))
         if self.nesterov and self.optimizer != "sgd":
             raise UserError(f"--nesterov applies to --optimizer sgd, not {self.optimizer}")
         if self.weight_decay is not None and self.weight_decay < 0:

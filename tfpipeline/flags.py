@@ -16,6 +16,7 @@ from typing import Any
 from tfpipeline.config import (
     ACTIVATIONS,
     INTERPOLATIONS,
+    OOD_METHODS,
     OPTIMIZERS,
     PRECISIONS,
     RESIZE_METHODS,
@@ -213,8 +214,24 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-smoothing", type=float, help="default 0")
     group.add_argument("--threshold", help="binary decision threshold: 0.5 (default), a number, prior, tuned")
     group.add_argument("--deterministic", action="store_true", help="deterministic ops (slower)")
+    group.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        help="keep the best epoch by validation score (default) or the last one (no selection on val)",
+    )
     group.add_argument("--run-dir", help="parent folder of run folders (default runs)")
     group.add_argument("--steps-per-execution", type=int, help="batches per compiled step (default 1)")
+    group.add_argument(
+        "--ood",
+        choices=(*OOD_METHODS, "none"),
+        help="out-of-domain detector fitted after training (default mahalanobis; none: skip)",
+    )
+    group.add_argument(
+        "--ood-accept",
+        type=float,
+        metavar="SHARE",
+        help="share of in-domain validation images the OOD threshold accepts (default 0.95)",
+    )
 
 
 # Flag destination -> (section, field). Flags not listed map to the field of the same name.

@@ -3,8 +3,11 @@
 A face-swap or face-edit forgery leaves a blending boundary: inside a region, pixels come from
 another source (different colour, sharpness, slight misalignment) and are feathered into the
 face around them. :class:`SelfBlend` makes such a fake from a REAL training face by blending a
-transformed copy of the same face back into it through a soft mask, so a detector learns the
-boundary artefact itself rather than the identities or the few hundred forgeries of a dataset.
+transformed copy of a face back into it through a soft mask, so a detector learns the boundary
+artefact itself rather than the identities or the few hundred forgeries of a dataset. The copy
+is of the same face (self-blended images, SBI) or, for a share `other_share` of the fakes, of
+another face of the batch at the same place, colour-matched to the target inside the region
+(Face X-ray's blending of two faces; what CIPLAB's composites are).
 
 Per synthesised image (all random draws come from the layer's seed, so a run is repeatable):
 
@@ -13,9 +16,10 @@ Per synthesised image (all random draws come from the layer's seed, so a run is 
   the side and its size scaled by 0.8-1.4; or (one time in five) a random rotated ellipse, i.e.
   a random convex region. Its edge is a smooth ramp whose width is drawn per image (2-12 % of the
   region), so the mask is soft, and exactly zero outside the ramp: pixels outside never change.
-- **source**: the same face, shifted by up to 2 % of the side, with per-channel gain (0.85-1.15)
-  and offset (+/- 12 grey levels) and a sharpness change (blurred or sharpened, the strength
-  drawn in [-0.8, 1.0]).
+- **source**: the same face, or another face of the batch whose colours inside the region are
+  matched to the target's (per-channel mean and spread), shifted by up to 2 % of the side, with
+  a residual colour change (per-channel gain 0.9-1.1, offset +/- 8 grey levels) and a sharpness
+  change (blurred or sharpened, the strength drawn in [-0.8, 1.0]).
 - **blend**: `mask * source + (1 - mask) * face`; the label becomes the fake class.
 
 `rate` is the share of each batch turned into such fakes; they replace real faces of the batch
@@ -87,6 +91,7 @@ class SelfBlend(keras.layers.Layer):
         rate: share of each batch to turn into fakes, in (0, 1].
         real_index / fake_index: class indices of the real and fake classes.
         seed: seeds every draw.
+        other_share: share of the fakes whose region comes from another face of the batch.
 
     Call: `(images [N, H, W, C] float 0..255, labels [N] int class indices)` ->
     `(images, labels, regions)`, `regions` [N, 4] float: for fakes synthesised in a face region,
@@ -94,14 +99,18 @@ class SelfBlend(keras.layers.Layer):
     convex regions and for every image left alone (unknown).
     """
 
-    def __init__(self, rate: float, real_index: int, fake_index: int, seed: int | None = None, **kwargs):
+    def __init__(
+        self,
+        rate: float,
+        real_index: int,
+        fake_index: int,
+        seed: int | None = None,
+        other_share: float = 0.5,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        self.rate, self.real_index, self.fake_index, self.seed = (
-            float(rate),
-            int(real_index),
-            int(fake_index),
-            seed,
-        )
+        self.rate, self.real_index, self.fake_index = float(rate), int(real_index), int(fake_index)
+        self.seed, self.other_share = seed, float(other_share)
         self.generator = keras.random.SeedGenerator(seed)
 
     def _uniform(self, shape, low=0.0, high=1.0):
@@ -127,7 +136,7 @@ class SelfBlend(keras.layers.Layer):
         centre, half, angle, power, region_hits = self._draw_shapes(n)
         ramp = self._uniform((n,), 0.02, 0.12) * 4.0  # relative to a unit half-size
         mask = soft_region_mask(height, width, centre, half, angle, power, ramp)
-        source = self._source(images, height, width)
+        source = self._source(self._donor(images, mask), height, width)
         blended = mask * source + (1.0 - mask) * images
         chosen4 = tf.cast(chosen, tf.float32)[:, None, None, None]
         out = chosen4 * blended + (1.0 - chosen4) * images
@@ -154,6 +163,22 @@ class SelfBlend(keras.layers.Layer):
         hits = tf.where(convex[:, None], -tf.ones_like(hits), hits)  # a random region: unknown
         return centre, half, angle, power, hits
 
+    def _donor(self, images, mask):
+        """Per image: itself, or (share `other_share`) another face of the batch colour-matched
+        to it inside the mask (per-channel mean and standard deviation)."""
+        n = tf.shape(images)[0]
+        other = tf.roll(images, shift=1, axis=0)
+        weight = mask / tf.maximum(tf.reduce_sum(mask, axis=(1, 2), keepdims=True), 1e-6)
+        target_mean = tf.reduce_sum(images * weight, axis=(1, 2), keepdims=True)
+        other_mean = tf.reduce_sum(other * weight, axis=(1, 2), keepdims=True)
+        target_std = tf.sqrt(
+            tf.reduce_sum(tf.square(images - target_mean) * weight, axis=(1, 2), keepdims=True)
+        )
+        other_std = tf.sqrt(tf.reduce_sum(tf.square(other - other_mean) * weight, axis=(1, 2), keepdims=True))
+        matched = (other - other_mean) / tf.maximum(other_std, 1.0) * target_std + target_mean
+        use_other = (self._uniform((n, 1, 1, 1)) < self.other_share) & (n > 1)
+        return tf.where(use_other, tf.clip_by_value(matched, 0.0, 255.0), images)
+
     def _source(self, images, height, width):
         """The transformed copy: shifted, colour-shifted, blurred or sharpened."""
         n = tf.shape(images)[0]
@@ -162,8 +187,8 @@ class SelfBlend(keras.layers.Layer):
         rows = (tf.range(height)[None, :] - shift[:, :1]) % height
         cols = (tf.range(width)[None, :] - shift[:, 1:]) % width
         moved = tf.gather(tf.gather(images, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
-        gain = self._uniform((n, 1, 1, images.shape[-1]), 0.85, 1.15)
-        offset = self._uniform((n, 1, 1, images.shape[-1]), -12.0, 12.0)
+        gain = self._uniform((n, 1, 1, images.shape[-1]), 0.9, 1.1)
+        offset = self._uniform((n, 1, 1, images.shape[-1]), -8.0, 8.0)
         coloured = moved * gain + offset
         amount = self._uniform((n, 1, 1, 1), -0.8, 1.0)  # < 0 blurs, > 0 sharpens
         detail = coloured - blur3(coloured)
@@ -179,6 +204,7 @@ class SelfBlend(keras.layers.Layer):
             "real_index": self.real_index,
             "fake_index": self.fake_index,
             "seed": self.seed,
+            "other_share": self.other_share,
         }
 
 

@@ -48,14 +48,17 @@ def make_callbacks(run: RunFolder, config: RunConfig, num_classes: int, resume: 
         # Validation runs on the averaged weights; at each epoch end they stay in place for the
         # checkpoints and logs below, and the raw weights come back at the next epoch's start.
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    if config.train.checkpoint == "best":
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                str(run.best_checkpoint),
+                monitor=monitor,
+                mode="max",
+                save_best_only=True,
+                initial_value_threshold=_best_so_far(run.history_file, monitor) if resume else None,
+            )
+        )
     callbacks += [
-        keras.callbacks.ModelCheckpoint(
-            str(run.best_checkpoint),
-            monitor=monitor,
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=_best_so_far(run.history_file, monitor) if resume else None,
-        ),
         keras.callbacks.ModelCheckpoint(str(run.last_checkpoint)),
         keras.callbacks.CSVLogger(str(run.history_file), append=resume),
         keras.callbacks.TensorBoard(str(run.tensorboard_dir), write_graph=False, profile_batch=0),
