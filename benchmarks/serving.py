@@ -12,6 +12,11 @@ held-out images:
 as single-image latency (p50/p99/mean ms over --calls calls after a warm-up) and batch-32
 throughput (images/s).
 
+When the run has an out-of-domain detector (`RUN/ood/`), it is also exported with `--no-ood`
+and `predict_images` of both exports is timed call by call in alternation (so background load
+hits both alike): `ood_overhead` reports the extra latency and per-image batch time of the
+`ood_score` / `in_domain` outputs, against the goal of at most 20 %.
+
     python benchmarks/serving.py [--run RUN] [--calls 200] [--batch-size 32] [--quick]
 
 `--quick` is a smoke mode (tiny model at 32x32 when no --run, 20 calls, 2 batches). Prints one
@@ -33,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 GOAL_P50_MS = 5.0  # predict_images, one image, small_cnn at 224x224, this 2-core CPU
+GOAL_OOD_OVERHEAD_PCT = 20.0  # ood_score/in_domain outputs, relative to predict_images without them
 
 
 def train_quick_run(folder: Path, quick: bool) -> Path:
@@ -94,6 +100,61 @@ def throughput(fn, batch_size: int, batches: int) -> float:
     return round(batch_size * batches / (time.perf_counter() - start), 1)
 
 
+def alternating(fns: dict, calls: int, warmup: int) -> dict:
+    """Per-call milliseconds of several functions called in turn (a, b, a, b, ...)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict = {name: [] for name in fns}
+    for _ in range(calls):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: np.asarray(values) for name, values in times.items()}
+
+
+def ood_overhead(
+    run: Path, out: Path, pixels: np.ndarray, calls: int, warmup: int, batches: int
+) -> dict | None:
+    """`predict_images` with and without the OOD outputs, same run, alternating calls."""
+    import tensorflow as tf
+
+    from tfpipeline.export import export_run
+    from tfpipeline.ood.store import load_detector
+
+    detector = load_detector(run)
+    if detector is None:
+        return None
+    serve = {}
+    for name, with_ood in (("with_ood", True), ("without_ood", False)):
+        with contextlib.redirect_stdout(sys.stderr):
+            exported = export_run(run, out=out, name=f"bench_{name}", ood=with_ood)
+        serve[name] = tf.saved_model.load(str(exported.path)).signatures["predict_images"]
+    one, many = tf.constant(pixels[:1].astype(np.float32)), tf.constant(pixels.astype(np.float32))
+
+    def calling(images):
+        return {k: (lambda f=f: f(images=images)["probabilities"].numpy()) for k, f in serve.items()}
+
+    single = alternating(calling(one), calls, warmup)
+    batch = alternating(calling(many), batches, 2)
+    p50 = {k: float(np.percentile(v, 50)) for k, v in single.items()}
+    per_image = {k: float(np.median(v)) / len(pixels) for k, v in batch.items()}
+    single_pct = 100.0 * (p50["with_ood"] / p50["without_ood"] - 1.0)
+    batch_pct = 100.0 * (per_image["with_ood"] / per_image["without_ood"] - 1.0)
+    return {
+        "method": detector.method,
+        "signature": "predict_images",
+        "single_image_p50_ms": {k: round(v, 3) for k, v in p50.items()},
+        "single_image_min_ms": {k: round(float(v.min()), 3) for k, v in single.items()},
+        "single_image_overhead_pct": round(single_pct, 1),
+        "batch_ms_per_image": {k: round(v, 4) for k, v in per_image.items()},
+        "batch_overhead_pct": round(batch_pct, 1),
+        "goal_overhead_pct_max": GOAL_OOD_OVERHEAD_PCT,
+        "met": bool(max(single_pct, batch_pct) <= GOAL_OOD_OVERHEAD_PCT),
+    }
+
+
 def benchmark(run: Path, calls: int, batch_size: int, batches: int, warmup: int, out: Path) -> dict:
     import keras
     import tensorflow as tf
@@ -144,6 +205,7 @@ def benchmark(run: Path, calls: int, batch_size: int, batches: int, warmup: int,
     single = {name: time_calls(fn, calls, warmup) for name, fn in methods(one).items()}
     batched = {name: throughput(fn, batch_size, batches) for name, fn in methods(many).items()}
     p50 = single["predict_images_float"]["p50_ms"]
+    overhead = ood_overhead(run, out, pixels, calls, warmup, batches)
     return {
         "benchmark": "serving",
         "run": str(run),
@@ -165,6 +227,7 @@ def benchmark(run: Path, calls: int, batch_size: int, batches: int, warmup: int,
             "met": bool(p50 <= GOAL_P50_MS),
             "applies": context.config.model.name == "small_cnn" and tuple(spec.image_size) == (224, 224),
         },
+        "ood_overhead": overhead,
         "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,

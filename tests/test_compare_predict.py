@@ -154,8 +154,10 @@ def test_predict_csv_format(runs, tmp_path, capsys):
 
     assert main(["predict", str(runs["vanilla"]), str(inputs)]) == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()[-4:]]
-    assert [Path(p).stem for p, _, _ in lines] == ["1", "10", "2", "3"]  # path order (sorted files)
-    assert all(c in ("blue", "red") and 0.0 <= float(p) <= 1.0 for _, c, p in lines)
+    assert [Path(line[0]).stem for line in lines] == ["1", "10", "2", "3"]  # path order (sorted files)
+    assert all(c in ("blue", "red") and 0.0 <= float(p) <= 1.0 for _, c, p, *_ in lines)
+    # The run fitted its out-of-domain detector: every line adds its score and verdict.
+    assert all(len(line) == 5 and line[4] in ("in_domain", "out_of_domain") for line in lines)
 
 
 def test_submission_rows_ordering_and_duplicates():

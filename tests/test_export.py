@@ -63,7 +63,7 @@ def test_signatures_match_keras_model(which, export_case):
             np.testing.assert_array_equal(out["decision"], out["score"] >= threshold)
             np.testing.assert_array_equal(out["class_index"], np.where(out["decision"], 0, 1))
         else:
-            assert set(out) == {"probabilities", "class_index", "class_name"}
+            assert set(out) == {"probabilities", "class_index", "class_name", "ood_score", "in_domain"}
             np.testing.assert_array_equal(out["class_index"], np.argmax(expected, axis=1))
     if which == "multi":
         assert meta["input"]["channels"] == 1 and meta["input"]["resize"] == "pad"

@@ -24,6 +24,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tta=args.tta,
         adversarial=(args.eps or DEFAULT_EPSILONS) if args.adversarial else (),
         groups=args.groups,
+        ood_data=args.ood_data,
     )
     metrics = result.metrics
     where = f"{result.split} split of {metrics['data']} ({metrics['num_samples']} images)"
@@ -84,7 +85,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tfpipeline.evaluation.predict import (
         collect_inputs,
         load_predictor,
-        predict_files,
+        predict_paths,
         register_loader,
         submission_rows,
         write_submission,
@@ -98,20 +99,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.csv:  # fail on colliding IDs before loading anything
         submission_rows(paths, [0] * len(paths), ["?"], "index", args.id_format)
     predictor = load_predictor(args.model, args.tta)
-    files, probs, skipped = predict_files(
-        predictor, paths, batch_size=args.batch_size, skip_bad=args.skip_bad
-    )
+    found = predict_paths(predictor, paths, batch_size=args.batch_size, skip_bad=args.skip_bad)
+    files, probs, skipped, scores = found.files, found.probs, found.skipped, found.ood_scores
     labels = predictor.rule.predict(probs)
+    if args.ood_columns and scores is None:
+        raise UserError(
+            f"{args.model}: no out-of-domain detector, so no OOD columns "
+            "(fit one with `tfpipeline ood fit RUN`, and export again for an export)"
+        )
     if args.csv:
-        rows = submission_rows(files, labels, predictor.class_names, args.label_format, args.id_format)
-        out = write_submission(args.csv, rows)
+        extra = None
+        if args.ood_columns:
+            extra = [(f"{s:.6g}", str(int(ok))) for s, ok in zip(scores, found.in_domain, strict=True)]
+        rows = submission_rows(files, labels, predictor.class_names, args.label_format, args.id_format, extra)
+        out = write_submission(args.csv, rows, ("OOD_SCORE", "IN_DOMAIN") if extra else ())
         print(
             f"wrote {len(rows)} prediction(s) to {out}"
             + (f"; skipped {len(skipped)} bad file(s)" if skipped else "")
         )
         return 0
-    for path, label, row in zip(files, labels, probs, strict=True):
-        print(f"{path}\t{predictor.class_names[label]}\t{row[label]:.4f}")
+    for i, (path, label, row) in enumerate(zip(files, labels, probs, strict=True)):
+        line = f"{path}\t{predictor.class_names[label]}\t{row[label]:.4f}"
+        if scores is not None:  # ood_score, then in_domain / out_of_domain
+            line += f"\t{scores[i]:.4f}\t{'in_domain' if found.in_domain[i] else 'out_of_domain'}"
+        print(line)
+    if scores is not None:
+        print(
+            f"{int((~found.in_domain).sum())} of {len(files)} image(s) out of domain "
+            f"(ood_score > {found.ood_threshold:.4g})",
+            file=sys.stderr,
+        )
     sys.stdout.flush()
     return 0
 
@@ -179,6 +196,12 @@ def register(commands) -> None:
         help="per-group report: a CSV with a path column and one or more group columns",
     )
     evaluate.add_argument(
+        "--ood-data",
+        metavar="FOLDER",
+        help="out-of-domain images (any layout; or embedded/tfds name): the run's detector's AUROC and "
+        "false-acceptance rate against the evaluated split, with a score histogram",
+    )
+    evaluate.add_argument(
         "--adversarial",
         choices=("fgsm",),
         help="robustness report: accuracy and AUC under the fast gradient sign attack at each --eps",
@@ -225,7 +248,8 @@ def register(commands) -> None:
         "predict",
         help="predict classes of image files with a run's model",
         description="Preprocess each image exactly as training did and predict its class. Prints "
-        "path<TAB>class<TAB>probability, or writes a Kaggle-style ID,TARGET CSV with --csv.",
+        "path<TAB>class<TAB>probability (plus <TAB>ood_score<TAB>in_domain|out_of_domain when the model "
+        "has an out-of-domain detector), or writes a Kaggle-style ID,TARGET CSV with --csv.",
     )
     predict.add_argument(
         "model", metavar="MODEL_OR_RUN", help="run folder, or an export folder from `tfpipeline export`"
@@ -253,5 +277,10 @@ def register(commands) -> None:
         "--batch-size", type=int_at_least(1), default=32, help="images per batch (default 32)"
     )
     predict.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    predict.add_argument(
+        "--ood-columns",
+        action="store_true",
+        help="--csv: add OOD_SCORE and IN_DOMAIN (1/0) columns (needs a run or export with a detector)",
+    )
     predict.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the run's own)")
     predict.set_defaults(func=cmd_predict)

@@ -32,6 +32,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         name=args.name,
         force=args.force,
         tta=args.tta,
+        ood=not args.no_ood,
         limits=ServingLimits(
             max_pixels=args.max_pixels,
             max_side=args.max_side,
@@ -55,6 +56,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if result.format == "saved_model":
         print("  signatures: serving_default (image_bytes), predict_images (float32), predict_images_uint8")
     print(f"  limits: {ServingLimits.from_json(meta['limits']).describe()}")
+    ood = meta.get("ood") or {}
+    if ood.get("in_graph"):
+        print(
+            f"  out-of-domain: {ood['method']} in the graph (outputs ood_score, in_domain; "
+            f"threshold {ood['threshold']:.4g})"
+        )
+    else:
+        print(f"  out-of-domain: not included ({ood.get('reason', 'no detector')})")
     for fmt in ("tflite", "onnx"):
         converted = meta.get(fmt)
         if converted:
@@ -101,6 +110,11 @@ def register(commands) -> None:
         "--tta",
         choices=TTA_MODES,
         help="test-time augmentation inside the exported graph (default: the run's)",
+    )
+    export.add_argument(
+        "--no-ood",
+        action="store_true",
+        help="leave the run's out-of-domain detector out of the SavedModel (no ood_score / in_domain)",
     )
     limits = export.add_argument_group(
         "serving limits",

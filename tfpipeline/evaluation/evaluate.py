@@ -4,7 +4,8 @@ The run folder supplies everything: the checkpoint, the config (so the data is r
 as training built it), the pixel scaling from run.json and the decision rule from
 metrics.json (so the numbers agree with what training reported). Output goes to
 `RUN/evaluation/<split>/`: classification_report.txt, metrics.json, confusion_matrix.png,
-roc.png, precision_recall.png, reliability.png, top_losses.png, gradcam.png and summary.md.
+roc.png, precision_recall.png, reliability.png, top_losses.png, gradcam.png and summary.md
+(and, with `--ood-data`, ood_histogram.png and ood_scores.csv: :mod:`.ood_report`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def evaluate_run(
     tta: str | None = None,
     adversarial: tuple[float, ...] = (),
     groups: str | Path | None = None,
+    ood_data: str | Path | None = None,
 ) -> EvaluationResult:
     """Evaluate a run's checkpoint on `split` and write every artefact.
 
@@ -69,9 +71,12 @@ def evaluate_run(
             at: adversarial.csv, robustness.png and adversarial_examples.png.
         groups: a CSV naming a group for files of the split (`path,group[,...]`): per-group
             metrics with confidence intervals and the largest gaps (groups.json, groups.png).
+        ood_data: out-of-domain images (a folder of any layout, or a dataset name): the run's
+            detector's AUROC and false acceptance against the evaluated split (metrics `ood`).
 
     Raises:
-        UserError: not a run folder, the split does not exist, the data's classes differ.
+        UserError: not a run folder, the split does not exist, the data's classes differ, or
+            `ood_data` is given for a run without an out-of-domain detector.
     """
     from tfpipeline.data import load_split
     from tfpipeline.evaluation.breakdown import breakdown_table, fake_breakdown, region_head_report
@@ -188,6 +193,13 @@ def evaluate_run(
         files["groups"] = out_dir / "groups.json"
         files["groups"].write_text(json.dumps(metrics["groups"], indent=2))
         files["groups_plot"] = save_figure(plot_groups(metrics["groups"]), out_dir / "groups.png")
+    if ood_data is not None:
+        from tfpipeline.evaluation.ood_report import ood_report, ood_text
+
+        metrics["ood"], ood_files = ood_report(context, model, chosen, ood_data, out_dir)
+        files.update(ood_files)
+        report += ood_text(metrics["ood"])
+        files["classification_report"].write_text(report)
     if adversarial:
         metrics["adversarial"] = _adversarial(
             with_tta(model, tta), chosen.dataset, y_true, probs, adversarial, context, out_dir, files
@@ -195,6 +207,10 @@ def evaluate_run(
     files["metrics"].write_text(json.dumps(metrics, indent=2))
 
     summary = write_summary(summary_facts(context, chosen.info, split, metrics, external))
+    if metrics.get("ood"):
+        from tfpipeline.evaluation.ood_report import ood_summary
+
+        summary += ood_summary(metrics["ood"])
     files["summary"] = out_dir / "summary.md"
     files["summary"].write_text(summary)
     return EvaluationResult(split=split, out_dir=out_dir, metrics=metrics, report=report, files=files)

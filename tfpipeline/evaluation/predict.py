@@ -3,6 +3,10 @@
 A *predictor* is anything with `class_names`, a decision `rule`, a `preprocess`
 (one encoded file's bytes -> one model input, TensorFlow ops only, so it runs inside tf.data)
 and `__call__` (a batch of model inputs -> (N, K) class probabilities in class-name order).
+A predictor with an out-of-domain detector also has `ood_threshold` (a number) and
+`predict_batch` (a batch -> (probabilities, OOD scores)); :func:`predict_paths` then reports
+`ood_score` and `in_domain` (score <= threshold) per image. Runs made before detection existed
+have no detector and predict exactly as before.
 :func:`load_predictor` picks a loader by looking at the folder; run folders are built in, and
 an export stage can add its own folder format with :func:`register_loader`.
 """
@@ -31,7 +35,8 @@ class Predictor(Protocol):
     """The interface `predict_files` needs; see the module docstring.
 
     A predictor may also have `decode_check = (channels, (height, width))`, the decode settings
-    the bad-file check should use (default 3 channels at 224x224).
+    the bad-file check should use (default 3 channels at 224x224), and the out-of-domain pair
+    `ood_threshold` / `predict_batch` (see the module docstring).
     """
 
     class_names: tuple[str, ...]
@@ -44,10 +49,12 @@ class Predictor(Protocol):
 
 @dataclass
 class RunPredictor:
-    """A run folder's best checkpoint with the run's own preprocessing and decision rule."""
+    """A run folder's best checkpoint with the run's own preprocessing and decision rule, and
+    its out-of-domain scorer (:class:`~tfpipeline.ood.scorer.OODScorer`) when it has one."""
 
     model: Any
     spec: ServingSpec
+    ood: Any = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -70,20 +77,36 @@ class RunPredictor:
         pixels = encoded_to_pixels(contents, spec.channels, spec.image_size, spec.resize, spec.interpolation)
         return scale_pixels(pixels, spec.scaling)
 
+    @property
+    def ood_threshold(self) -> float | None:
+        return None if self.ood is None else self.ood.threshold
+
     def __call__(self, batch) -> np.ndarray:
+        return self.predict_batch(batch)[0]
+
+    def predict_batch(self, batch) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, K) probabilities and the (N,) OOD scores (None without a detector)."""
         from tfpipeline.evaluation.run_report import class_probabilities
 
-        raw = self.model.predict_on_batch(batch)  # the TTA-wrapped model when the run uses TTA
-        return class_probabilities(np.asarray(raw), len(self.class_names), self.rule.positive_index)
+        scores = None
+        if self.ood is not None:  # one pass gives the model's output and its OOD score
+            raw, scores = self.ood.batch(batch)
+        else:
+            raw = self.model.predict_on_batch(batch)  # the TTA-wrapped model when the run uses TTA
+        probs = class_probabilities(np.asarray(raw), len(self.class_names), self.rule.positive_index)
+        return probs, scores
 
 
 def load_run_predictor(path: Path, tta: str | None = None) -> RunPredictor:
     from tfpipeline.evaluation.run_context import load_run_model, open_run
     from tfpipeline.models.tta import with_tta
+    from tfpipeline.ood.scorer import run_scorer
 
     context = open_run(path)
     spec = ServingSpec.from_context(context, tta)
-    return RunPredictor(model=with_tta(load_run_model(context), spec.tta), spec=spec)
+    model = load_run_model(context)
+    ood = run_scorer(context.run.path, model, context.config.model, spec.tta)
+    return RunPredictor(model=with_tta(model, spec.tta), spec=spec, ood=ood)
 
 
 # (matches(path), load(path, tta)) pairs, tried in order; the first match loads the predictor.
@@ -153,13 +176,49 @@ def bad_files(paths: Sequence[Path], predictor: Predictor) -> dict[Path, str]:
     return reasons
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """What :func:`predict_paths` found.
+
+    Attributes:
+        files: the files predicted, in input order.
+        probs: (N, K) class probabilities.
+        skipped: files skipped as bad.
+        ood_scores: (N,) out-of-domain scores (higher: less like the training images); None when
+            the predictor has no detector.
+        in_domain: (N,) bool, `ood_scores <= ood_threshold`; None without a detector.
+        ood_threshold: the detector's threshold.
+    """
+
+    files: list[Path]
+    probs: np.ndarray
+    skipped: list[Path]
+    ood_scores: np.ndarray | None = None
+    in_domain: np.ndarray | None = None
+    ood_threshold: float | None = None
+
+
 def predict_files(
     predictor: Predictor, paths: Sequence[Path], *, batch_size: int = 32, skip_bad: bool = False
 ) -> tuple[list[Path], np.ndarray, list[Path]]:
     """Class probabilities of image files through a tf.data pipeline.
 
     Returns:
-        (files predicted, probabilities (N, K), files skipped as bad).
+        (files predicted, probabilities (N, K), files skipped as bad); :func:`predict_paths`
+        also gives the out-of-domain scores.
+
+    Raises:
+        UserError: naming the first bad file (unless `skip_bad`), or when every file is bad.
+    """
+    found = predict_paths(predictor, paths, batch_size=batch_size, skip_bad=skip_bad)
+    return found.files, found.probs, found.skipped
+
+
+def predict_paths(
+    predictor: Predictor, paths: Sequence[Path], *, batch_size: int = 32, skip_bad: bool = False
+) -> Predictions:
+    """Class probabilities, and out-of-domain scores when the predictor has a detector, of image
+    files through a tf.data pipeline.
 
     Raises:
         UserError: naming the first bad file (unless `skip_bad`), or when every file is bad.
@@ -187,17 +246,31 @@ def predict_files(
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    outputs, done = [], 0
+    threshold = getattr(predictor, "ood_threshold", None)
+    outputs, scores, done = [], [], 0
     try:
         for batch in dataset:
-            outputs.append(np.asarray(predictor(batch), dtype=np.float64))
+            if threshold is None:
+                outputs.append(np.asarray(predictor(batch), dtype=np.float64))
+            else:
+                probs, score = predictor.predict_batch(batch)
+                outputs.append(np.asarray(probs, dtype=np.float64))
+                scores.append(np.asarray(score, dtype=np.float64).reshape(-1))
             done += len(outputs[-1])
     except tf.errors.OpError as exc:  # the check passed but decoding failed anyway
         culprit = good[min(done, len(good) - 1)]
         raise UserError(
             f"cannot read image {culprit} (or a file near it): {exc.message.splitlines()[0]}"
         ) from None
-    return good, np.concatenate(outputs), [p for p in paths if p in bad]
+    ood = np.concatenate(scores) if threshold is not None else None
+    return Predictions(
+        files=good,
+        probs=np.concatenate(outputs),
+        skipped=[p for p in paths if p in bad],
+        ood_scores=ood,
+        in_domain=None if ood is None else ood <= threshold,
+        ood_threshold=threshold,
+    )
 
 
 ID_FORMATS = ("auto", "int", "stem")
@@ -209,7 +282,8 @@ def submission_rows(
     class_names: Sequence[str],
     label_format: str = "index",
     id_format: str = "auto",
-) -> list[tuple[str, str]]:
+    extra: Sequence[tuple[str, ...]] | None = None,
+) -> list[tuple[str, ...]]:
     """Kaggle rows (ID, TARGET), sorted numerically when every ID is an integer.
 
     Args:
@@ -217,6 +291,7 @@ def submission_rows(
         id_format: `auto` writes integer IDs (`00042.jpg` -> `42`, the usual Kaggle format) when
             every file stem is an integer and the stems otherwise; `int` insists on integers;
             `stem` writes the stems as they are (`00042`).
+        extra: more values per file (e.g. its OOD score and in-domain flag), appended to its row.
 
     Raises:
         UserError: two files would get the same ID, or `int` was asked for non-integer stems.
@@ -232,26 +307,28 @@ def submission_rows(
     as_int = numeric and id_format != "stem"
     seen: dict[str, Path] = {}
     rows = []
-    for path, label in zip(paths, labels, strict=True):
+    for i, (path, label) in enumerate(zip(paths, labels, strict=True)):
         identifier = str(int(path.stem)) if as_int else path.stem
         if identifier in seen:
             raise UserError(f"duplicate ID '{identifier}': {seen[identifier]} and {path}")
         seen[identifier] = path
-        rows.append(
-            (identifier, str(int(label)) if label_format == "index" else str(class_names[int(label)]))
-        )
+        target = str(int(label)) if label_format == "index" else str(class_names[int(label)])
+        rows.append((identifier, target, *(extra[i] if extra is not None else ())))
     if numeric:
         return sorted(rows, key=lambda row: int(row[0]))
     return sorted(rows, key=lambda row: row[0])
 
 
-def write_submission(path: str | Path, rows: Sequence[tuple[str, str]]) -> Path:
+def write_submission(
+    path: str | Path, rows: Sequence[tuple[str, ...]], extra_columns: Sequence[str] = ()
+) -> Path:
+    """Write `ID,TARGET` rows (plus `extra_columns`, e.g. OOD_SCORE,IN_DOMAIN, when asked)."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["ID", "TARGET"])
+        writer.writerow(["ID", "TARGET", *extra_columns])
         writer.writerows(rows)
     return path
 

@@ -5,6 +5,10 @@ Layout (TF Serving's): `OUT/<name>/<version>/` holding the SavedModel (`saved_mo
 `metadata.json`,
 and the model card `README.md`.
 
+A run with an out-of-domain detector (`RUN/ood/`) exports it inside the SavedModel's graph
+(`ood_score` and `in_domain` outputs); the keras, tflite and onnx formats leave it out, and
+their metadata.json says so.
+
 Writes are atomic: everything goes to a hidden temporary folder beside the target
 (`OUT/<name>/.<version>.tmp-XXXX`, which TF Serving ignores as it is not a number) and is
 renamed into place at the end; a failure or interruption removes the temporary folder, so the
@@ -135,6 +139,7 @@ def export_run(
     force: bool = False,
     tta: str | None = None,
     limits: ServingLimits | None = None,
+    ood: bool = True,
 ) -> ExportResult:
     """Export a finished run's best checkpoint (see the module docstring).
 
@@ -150,12 +155,16 @@ def export_run(
         limits: what the served model refuses before decoding (default :class:`ServingLimits`):
             inside the SavedModel's graph, and recorded in metadata.json and the model card for
             every format (`tfpipeline predict` applies them to any export).
+        ood: include the run's out-of-domain detector in a SavedModel (`ood_score` and
+            `in_domain` outputs) when it has one; False exports the classifier alone.
 
     Raises:
         UserError: not a finished run, an unknown format, or the version exists without `force`.
     """
     from tfpipeline.evaluation.run_context import load_run_model, open_run
     from tfpipeline.models.tta import with_tta
+    from tfpipeline.ood.scorer import OODScorer
+    from tfpipeline.ood.store import load_detector
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}; got '{fmt}'")
@@ -164,8 +173,16 @@ def export_run(
     target, version = resolve_target(out, name, version, force)
     spec = ServingSpec.from_context(context, tta)
     limits = limits or ServingLimits()
-    model = with_tta(load_run_model(context), spec.tta)  # every format predicts as evaluate did
-    metadata = build_metadata(context, spec, name=name, version=version, fmt=fmt, limits=limits)
+    plain = load_run_model(context)
+    model = with_tta(plain, spec.tta)  # every format predicts as evaluate did
+    # The SavedModel carries the run's out-of-domain detector in its graph; other formats say so.
+    detector = load_detector(context.run.path)
+    scorer = None
+    if detector is not None and ood and fmt == "saved_model":
+        scorer = OODScorer(plain, context.config.model, detector, spec.tta)
+    metadata = build_metadata(
+        context, spec, name=name, version=version, fmt=fmt, limits=limits, ood=detector, with_ood=ood
+    )
 
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=target.parent))
@@ -173,7 +190,7 @@ def export_run(
         if fmt == "saved_model":
             # write_out wants a fresh folder: write into a child, then lift its contents up.
             model_dir = temporary / "model"
-            write_saved_model(model, spec, str(model_dir), limits)
+            write_saved_model(model, spec, str(model_dir), limits, scorer)
             for child in model_dir.iterdir():
                 os.replace(child, temporary / child.name)
             model_dir.rmdir()

@@ -9,6 +9,10 @@ fits the predictor interface of :mod:`tfpipeline.evaluation.predict` (`class_nam
 An export's :class:`~tfpipeline.export.limits.ServingLimits` (metadata.json `limits`) hold
 whatever the format: a SavedModel enforces them in its graph, and for the keras, tflite and onnx
 formats the loader decodes with the same header guard and refuses the same batches.
+
+A SavedModel exported from a run with an out-of-domain detector returns `ood_score` and
+`in_domain` too (metadata.json `ood.in_graph`); :meth:`ExportedModel.predict_batch` reads them,
+so `tfpipeline predict EXPORT` reports them as it does for the run folder.
 """
 
 from __future__ import annotations
@@ -95,6 +99,12 @@ class ExportedModel:
     def decode_check(self) -> tuple[int, tuple[int, int]]:
         return self.spec.channels, tuple(self.spec.image_size)
 
+    @property
+    def ood_threshold(self) -> float | None:
+        """The in-graph detector's threshold; None when the export has no OOD outputs."""
+        ood = self.metadata.get("ood") or {}
+        return float(ood["threshold"]) if ood.get("in_graph") and self.format == "saved_model" else None
+
     def preprocess(self, contents):
         """One file's bytes -> one model input (TF ops; runs inside tf.data).
 
@@ -114,15 +124,26 @@ class ExportedModel:
         Raises:
             UserError: the batch holds more than the export's `max_batch` images.
         """
+        return self.predict_batch(batch)[0]
+
+    def predict_batch(self, batch) -> tuple[np.ndarray, np.ndarray | None]:
+        """A batch of `preprocess` outputs -> ((N, K) probabilities, (N,) OOD scores or None).
+
+        Raises:
+            UserError: the batch holds more than the export's `max_batch` images.
+        """
         if len(batch) > self.limits.max_batch:
             raise UserError(
                 f"a batch of {len(batch)} images is more than this export's max_batch "
                 f"{self.limits.max_batch} ({self.path}); "
                 f"predict with --batch-size {self.limits.max_batch} or less"
             )
-        if self.format == "saved_model":
-            return self.predict_bytes(batch)
-        return self.predict_pixels(batch)
+        if self.format != "saved_model":
+            return self.predict_pixels(batch), None
+        out = self.serve_bytes(batch)
+        return out["probabilities"].astype(np.float64), (
+            out["ood_score"].astype(np.float64) if "ood_score" in out else None
+        )
 
     # -- direct use
     def predict_bytes(self, contents: Sequence[bytes] | Any) -> np.ndarray:
@@ -136,6 +157,8 @@ class ExportedModel:
 
         from tfpipeline.export.signatures import decode_batch, error_reason
 
+        if self.format == "saved_model":
+            return self.serve_bytes(contents)["probabilities"].astype(np.float64)
         contents = tf.convert_to_tensor(contents, dtype=tf.string)
         if self._decode is None:  # the other formats: traced once, a graph as in a SavedModel
             spec = tf.TensorSpec([None], tf.string)
@@ -143,12 +166,30 @@ class ExportedModel:
                 lambda c: decode_batch(c, self.spec, self.limits), input_signature=[spec]
             )
         try:  # the reason first, without TensorFlow's framing: `predict` shows its first line
-            if self.format == "saved_model":
-                out = self._model.signatures[BYTES_SIGNATURE](image_bytes=contents)
-                return out["probabilities"].numpy().astype(np.float64)
             return self.predict_pixels(self._decode(contents))
         except tf.errors.InvalidArgumentError as exc:
             raise tf.errors.InvalidArgumentError(exc.node_def, exc.op, error_reason(exc.message)) from exc
+
+    def serve_bytes(self, contents: Sequence[bytes] | Any) -> dict[str, np.ndarray]:
+        """Every output of a SavedModel's `serving_default` signature (probabilities, class,
+        score/decision, ood_score/in_domain, as the export has them) for encoded image files.
+
+        Raises:
+            tf.errors.InvalidArgumentError: as :meth:`predict_bytes`.
+            UserError: the export is not a SavedModel.
+        """
+        import tensorflow as tf
+
+        from tfpipeline.export.signatures import error_reason
+
+        if self.format != "saved_model":
+            raise UserError(f"{self.path}: a {self.format} export has no serving signatures")
+        contents = tf.convert_to_tensor(contents, dtype=tf.string)
+        try:
+            out = self._model.signatures[BYTES_SIGNATURE](image_bytes=contents)
+        except tf.errors.InvalidArgumentError as exc:
+            raise tf.errors.InvalidArgumentError(exc.node_def, exc.op, error_reason(exc.message)) from exc
+        return {name: value.numpy() for name, value in out.items()}
 
     def predict_pixels(self, pixels: Any) -> np.ndarray:
         """Pixels [N, H, W, C] 0..255 at the model's size -> (N, K) probabilities.

@@ -63,8 +63,61 @@ def training_metrics(run_path: Path, best_epoch: int | None) -> dict[str, Any] |
     return {"epoch": int(best_epoch or len(history)), **values}
 
 
+def ood_metadata(detector: Any, fmt: str, included: bool = True) -> dict[str, Any]:
+    """metadata.json `ood`: whether the export computes out-of-domain outputs, and how.
+
+    Args:
+        detector: the run's :class:`~tfpipeline.ood.store.Detector`, or None (the run has none).
+        fmt: the export format; only a SavedModel carries the detector in its graph.
+        included: False when the export was asked to leave the detector out (`--no-ood`).
+    """
+    if detector is None:
+        return {
+            "in_graph": False,
+            "reason": "the run has no out-of-domain detector; fit one with `tfpipeline ood fit RUN` "
+            "and export again",
+        }
+    facts = detector.facts
+    described = {
+        "method": detector.method,
+        "threshold": detector.threshold,
+        "accept": detector.accept,
+        "tta": detector.tta,
+        "embedding_layer": facts.get("embedding_layer"),
+        "counts": facts.get("counts"),
+        "val_acceptance": facts.get("val_acceptance"),
+        "fit_seconds": (facts.get("seconds") or {}).get("fit"),
+    }
+    if fmt != "saved_model" or not included:
+        reason = (
+            "exported with --no-ood"
+            if included is False and fmt == "saved_model"
+            else f"the {fmt} format returns probabilities only; export as saved_model for "
+            "ood_score / in_domain outputs"
+        )
+        return {"in_graph": False, "reason": reason, **described}
+    return {
+        "in_graph": True,
+        **described,
+        "outputs": {
+            "ood_score": "float32 [N]: how unlike the training images an input is (higher: less "
+            f"familiar; {detector.method})",
+            "in_domain": "bool [N]: ood_score <= threshold (the threshold accepts "
+            f"{100 * detector.accept:.0f}% of in-domain validation images)",
+        },
+    }
+
+
 def build_metadata(
-    context: Any, spec: Any, *, name: str, version: int, fmt: str, limits: Any
+    context: Any,
+    spec: Any,
+    *,
+    name: str,
+    version: int,
+    fmt: str,
+    limits: Any,
+    ood: Any = None,
+    with_ood: bool = True,
 ) -> dict[str, Any]:
     """The metadata dict of an export.
 
@@ -74,6 +127,8 @@ def build_metadata(
         name / version: the export's model name and version.
         fmt: `saved_model`, `keras`, `tflite` or `onnx`.
         limits: the :class:`~tfpipeline.export.limits.ServingLimits` it enforces.
+        ood: the run's out-of-domain detector (None: it has none); see :func:`ood_metadata`.
+        with_ood: the export includes that detector (False: `--no-ood`).
     """
     import keras
     import tensorflow as tf
@@ -106,6 +161,7 @@ def build_metadata(
             "pixels": "0..255",
         },
         "limits": limits.to_json(),
+        "ood": ood_metadata(ood, fmt, with_ood),
         "model": {"name": config.model.name, "config": to_dict(config.model)},
         "train_config": to_dict(config.train),
         "metrics": {

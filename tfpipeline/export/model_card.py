@@ -54,6 +54,8 @@ def _usage(meta: dict[str, Any]) -> list[str]:
     outputs = "`probabilities` [N, K] (class order above), `class_index`, `class_name`"
     if meta["num_classes"] == 2:
         outputs += ", `score` (probability of the positive class) and `decision` (score >= threshold)"
+    if (meta.get("ood") or {}).get("in_graph"):
+        outputs += ", `ood_score` and `in_domain` (see Out-of-domain inputs)"
     if fmt == "keras":
         return [
             "`model.keras` takes float32 pixels [N, "
@@ -169,6 +171,34 @@ def _limits(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ood(meta: dict[str, Any]) -> list[str]:
+    """The "Out-of-domain inputs" section, from metadata.json `ood`."""
+    ood = meta.get("ood")
+    if not ood:
+        return ["This export predates out-of-domain detection: it answers every input with a class."]
+    if not ood.get("method"):
+        return [f"No out-of-domain detector: {ood['reason']}. The model answers every input with a class."]
+    counts = ood.get("counts") or {}
+    fitted = (
+        f"A `{ood['method']}` detector was fitted on the {counts.get('train', '?')} training images and its "
+        f"threshold `{ood['threshold']:.6g}` calibrated to accept {100 * ood['accept']:.0f}% of the "
+        f"{counts.get('val', '?')} validation images (it accepted "
+        f"{100 * (ood.get('val_acceptance') or 0):.1f}%)."
+    )
+    if not ood["in_graph"]:
+        return [fitted, "", f"This export leaves it out: {ood['reason']}."]
+    return [
+        fitted,
+        "",
+        "Every signature also returns `ood_score` (float32 [N]; higher means less like the training "
+        "images) and `in_domain` (bool [N]: `ood_score <= threshold`), computed inside the graph from "
+        "the same forward pass as the probabilities. Treat the class of an input with `in_domain` "
+        "false as meaningless: the model was never shown such images. Out-of-domain detection misses "
+        "inputs that look like the training data yet differ in what matters (another generator, "
+        "another camera), so it complements rather than replaces evaluation on your own data.",
+    ]
+
+
 def render_model_card(meta: dict[str, Any]) -> str:
     """Markdown model card for the export described by `meta` (see :mod:`.metadata`)."""
     classes = meta["class_names"]
@@ -258,7 +288,8 @@ def render_model_card(meta: dict[str, Any]) -> str:
         f"- Metrics come from {metrics.get(test_or_val, {}).get('num_samples', 'few')} {test_or_val} images; "
         "small evaluation sets give wide confidence intervals.",
         "- Probabilities may be miscalibrated (see `ece` above); the model gives a confident answer "
-        "even for images of none of its classes (out-of-distribution inputs).",
+        "even for images of none of its classes (out-of-distribution inputs)"
+        + ("; check `in_domain`." if (meta.get("ood") or {}).get("in_graph") else "."),
         "- Detectors of manipulated or synthetic images (e.g. deepfakes) do not generalise reliably "
         "to generators, editing tools or post-processing not seen in training, and can be evaded by "
         "adversarial perturbations; treat a negative result as 'not detected', not 'authentic'.",
@@ -269,6 +300,10 @@ def render_model_card(meta: dict[str, Any]) -> str:
         "was not measured; error rates may differ across subgroups. Before use on images of people, "
         "evaluate per subgroup (`tfpipeline evaluate` on a labelled subgroup folder) and compare "
         "false positive and false negative rates.",
+        "",
+        "## Out-of-domain inputs",
+        "",
+        *_ood(meta),
         "",
         "## How to call it",
         "",

@@ -10,7 +10,12 @@ outputs:
 - ``class_index`` int64 [N] and ``class_name`` string [N]: the predicted class (for a binary
   model: the positive class when ``score >= threshold``, the run's own decision rule);
 - binary models only: ``score`` float32 [N] (positive-class probability) and ``decision``
-  bool [N] (``score >= threshold``).
+  bool [N] (``score >= threshold``);
+- runs with an out-of-domain detector (:mod:`tfpipeline.ood`) only: ``ood_score`` float32 [N]
+  (higher: less like the training images) and ``in_domain`` bool [N] (``ood_score <=`` the
+  detector's threshold), computed in the graph from the same forward pass as the probabilities
+  (Mahalanobis means and whitening matrix, or the energy head, as graph constants; the
+  autoencoder's weights tracked with the model's).
 
 Every signature first refuses a batch of more than ``max_batch`` images; the bytes signature
 then refuses, image by image and before decoding it, one longer than ``max_bytes``, one that is
@@ -130,21 +135,40 @@ def class_outputs(raw: tf.Tensor, spec: ServingSpec) -> dict[str, tf.Tensor]:
 
 
 def make_functions(
-    model: Any, spec: ServingSpec, limits: ServingLimits
+    model: Any, spec: ServingSpec, limits: ServingLimits, ood: Any = None
 ) -> dict[str, tuple[Any, list[tf.TensorSpec]]]:
-    """Signature name -> (python function, input signature), ready for `add_endpoint`."""
+    """Signature name -> (python function, input signature), ready for `add_endpoint`.
+
+    Args:
+        ood: the run's :class:`~tfpipeline.ood.scorer.OODScorer` (None: no OOD outputs); it
+            then gives the model output as well, from the same forward pass.
+    """
 
     units = 1 if spec.binary else len(spec.class_names)
 
     def from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = checked_batch(pixels, limits, PIXELS_INPUT)
+        nonempty = tf.shape(pixels)[0] > 0  # oneDNN's convolutions reject a batch of 0
 
-        def run() -> tf.Tensor:
-            return tf.cast(model(scale_pixels(pixels, spec.scaling), training=False), tf.float32)
+        if ood is None:
 
-        # An empty batch must give empty outputs; oneDNN's convolutions reject a batch of 0.
-        raw = tf.cond(tf.shape(pixels)[0] > 0, run, lambda: tf.zeros([0, units], tf.float32))
-        return class_outputs(raw, spec)
+            def run() -> tf.Tensor:
+                return tf.cast(model(scale_pixels(pixels, spec.scaling), training=False), tf.float32)
+
+            raw = tf.cond(nonempty, run, lambda: tf.zeros([0, units], tf.float32))
+            return class_outputs(raw, spec)
+
+        def run_ood() -> tuple[tf.Tensor, tf.Tensor]:
+            raw, scores = ood(scale_pixels(pixels, spec.scaling))
+            return tf.cast(raw, tf.float32), tf.cast(scores, tf.float32)
+
+        raw, scores = tf.cond(
+            nonempty, run_ood, lambda: (tf.zeros([0, units], tf.float32), tf.zeros([0], tf.float32))
+        )
+        outputs = class_outputs(raw, spec)
+        outputs["ood_score"] = scores
+        outputs["in_domain"] = scores <= tf.constant(ood.threshold, tf.float32)
+        return outputs
 
     def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return from_pixels(decode_batch(image_bytes, spec, limits))
@@ -163,17 +187,22 @@ def make_functions(
     }
 
 
-def build_archive(model: Any, spec: ServingSpec, limits: ServingLimits):
-    """A `keras.export.ExportArchive` tracking `model` with the three signatures."""
+def build_archive(model: Any, spec: ServingSpec, limits: ServingLimits, ood: Any = None):
+    """A `keras.export.ExportArchive` tracking `model` (and the OOD scorer's networks) with the
+    three signatures."""
     import keras
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    for name, (fn, signature) in make_functions(model, spec, limits).items():
+    for network in ood.models if ood is not None else ():
+        archive.track(network)
+    for name, (fn, signature) in make_functions(model, spec, limits, ood).items():
         archive.add_endpoint(name=name, fn=fn, input_signature=signature)
     return archive
 
 
-def write_saved_model(model: Any, spec: ServingSpec, path: str, limits: ServingLimits) -> None:
+def write_saved_model(
+    model: Any, spec: ServingSpec, path: str, limits: ServingLimits, ood: Any = None
+) -> None:
     """Write the SavedModel (variables, graph, signatures) to `path` (which must not exist yet)."""
-    build_archive(model, spec, limits).write_out(path, verbose=False)
+    build_archive(model, spec, limits, ood).write_out(path, verbose=False)

@@ -8,7 +8,8 @@ A :class:`ModelSpec` holds everything else the other stages need to know about a
 stage hard-codes a model name: the pixel range and smallest image it accepts (checked before
 any data is loaded), its hyperparameter search space (the tuner), whether a configuration
 starts from pretrained weights (summaries), a short run label (`compare`), the layer Grad-CAM
-explains, and an optional initialisation from training images (fast_resnet's whitening stem).
+explains, the layer whose output is the model's embedding (out-of-domain detection), and an
+optional initialisation from training images (fast_resnet's whitening stem).
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ def _never(config: ModelConfig) -> bool:
     return False
 
 
+def _layer(name: str) -> Callable[[ModelConfig], str]:
+    """An `embedding_layer` that is always the layer called `name`."""
+    return lambda config: name
+
+
+def _last_dense(config: ModelConfig, default: int = 3) -> str:
+    """The last hidden Dense layer (`dense{i}`) of a head of `config.dense_units` (or `default`) widths."""
+    return f"dense{len(config.dense_units) or default}"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A registered model and the facts other stages need about it.
@@ -91,6 +102,8 @@ class ModelSpec:
         any_size: the model accepts images of any size (it pools globally), so it can train on
             crops (`--crop`) and be evaluated on whole images.
         aux_head: the model can grow the auxiliary region head (`--aux-regions`).
+        embedding_layer: `config -> layer name` whose output is the model's penultimate
+            embedding, the features out-of-domain detection models (:mod:`tfpipeline.ood`).
     """
 
     build: Callable[[ModelConfig, InputShape, int], keras.Model]
@@ -105,9 +118,14 @@ class ModelSpec:
     data_init: Callable[[keras.Model, np.ndarray], None] | None = None
     any_size: bool = False
     aux_head: bool = False
+    embedding_layer: Callable[[ModelConfig], str] = _last_dense
 
     def run_label(self, config: ModelConfig) -> str:
         return self.label(config) if self.label else config.name
+
+    def embedding(self, config: ModelConfig) -> str:
+        """Name of the layer whose output is the embedding of a model built from `config`."""
+        return self.embedding_layer(config)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -118,6 +136,7 @@ MODELS: dict[str, ModelSpec] = {
         min_image_size=min_conv_pool_side(4, "same"),
         search_space=SMALL_CNN_SEARCH,
         label=regularisation_label,
+        embedding_layer=_layer("dense3"),
     ),
     "resnet50_head": ModelSpec(
         build_resnet50_head,
@@ -127,6 +146,7 @@ MODELS: dict[str, ModelSpec] = {
         search_space=RESNET50_HEAD_SEARCH,
         pretrained=is_pretrained,
         can_be_pretrained=True,
+        embedding_layer=_last_dense,
     ),
     "fast_resnet": ModelSpec(
         build_fast_resnet,
@@ -138,6 +158,7 @@ MODELS: dict[str, ModelSpec] = {
         data_init=init_whitening,
         any_size=True,
         aux_head=True,
+        embedding_layer=_layer("pool"),  # global max-pool features; the head is linear on them
     ),
     "keras_cnn": ModelSpec(
         build_keras_cnn,
@@ -145,6 +166,7 @@ MODELS: dict[str, ModelSpec] = {
         input_scaling="unit",
         min_image_size=min_conv_pool_side(2, "same"),
         search_space=KERAS_CNN_SEARCH,
+        embedding_layer=_layer("dense1"),
     ),
 }
 
