@@ -71,6 +71,19 @@ def test_learning_curves_skip_missing_metrics(tmp_path):
         plot_learning_curves({"foo": [1]})
 
 
+def test_learning_curves_show_the_schedule_and_an_early_stop():
+    history = {**_history(), "learning_rate": [0.1, 0.2, 0.3, 0.15, 0.01]}
+    fig = plot_learning_curves(history, planned_epochs=20)
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy", "auc", "learning rate"]
+    lr_line = fig.axes[-1].lines[0]
+    np.testing.assert_allclose(lr_line.get_ydata(), history["learning_rate"])
+    assert "early stopping after epoch 5 of 20" in fig._suptitle.get_text()
+    assert all("early stop" in _legend_texts(ax) for ax in fig.axes)
+    # A run that used all its epochs has no early-stop mark.
+    full = plot_learning_curves(history, planned_epochs=5)
+    assert "early" not in full._suptitle.get_text() and "early stop" not in _legend_texts(full.axes[0])
+
+
 def test_compare_runs_legend_has_run_labels(tmp_path):
     fig = plot_compare_runs({"baseline": pd.DataFrame(_history()), "dropout": _history(offset=0.2)}, "loss")
     ax = fig.axes[0]

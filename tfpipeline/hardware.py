@@ -159,6 +159,33 @@ def apply_onednn_default(environ: dict[str, str] | None = None) -> str:
     return reason
 
 
+def prepare_tensorflow(*, quiet: bool = True) -> None:
+    """Load TensorFlow the way the CLI does: oneDNN set for this CPU, start-up chatter silenced.
+
+    For notebooks and scripts, call it before anything imports TensorFlow. With `quiet`,
+    TensorFlow's C++ start-up messages (oneDNN notice, CUDA probing on CPU-only machines, which
+    absl prints before `TF_CPP_MIN_LOG_LEVEL` takes effect) are dropped by pointing file
+    descriptor 2 at /dev/null for the import and the device probe only, and its warning that
+    Keras' per-model predict functions "triggered tf.function retracing" (expected when several
+    models predict in turn) is filtered out. Python exceptions still propagate normally.
+    """
+    apply_onednn_default()  # TensorFlow reads the variable once, when it loads
+    if not quiet:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
+
+
 def onednn_enabled(cpu: CpuInfo, environ: dict[str, str] | None = None) -> bool:
     """Whether TensorFlow runs its oneDNN kernels in this process (given the variable and CPU)."""
     environ = os.environ if environ is None else environ

@@ -3,18 +3,21 @@
 `run_training(config)` trains a model into a run folder (the training stage), then predicts
 the validation and test splits with the best checkpoint (through the run's test-time
 augmentation), resolves the run's decision rule on validation, and writes metrics.json and the
-standard plots (the evaluation stage). The CLI, the tuner's `--train-best` and the notebooks
+standard plots (the evaluation stage). Last, it fits the run's out-of-domain detector
+(`--ood`, default mahalanobis) on the training split and calibrates its threshold on
+validation (the ood stage, `RUN/ood/`). The CLI, the tuner's `--train-best` and the notebooks
 all call it, so every run folder made by any of them is complete.
 
-This module sits after training and evaluation in the stage order and imports both; nothing
-upstream imports it.
+This module sits after training, ood and evaluation in the stage order and imports them;
+nothing upstream imports it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import pandas as pd
@@ -22,8 +25,14 @@ import pandas as pd
 from tfpipeline.config import RunConfig
 from tfpipeline.data import DataBundle
 from tfpipeline.decision import DecisionRule
+from tfpipeline.errors import UserError
 from tfpipeline.training import RunFolder, train
 from tfpipeline.training.fit import Prepared
+
+if TYPE_CHECKING:
+    from tfpipeline.ood.store import Detector
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +49,8 @@ class RunResult:
         rule: the resolved decision rule (binary threshold, or argmax).
         train_seconds: wall-clock seconds spent in `fit`.
         stopped_early: early stopping ended the run before `epochs`.
+        ood: the fitted out-of-domain detector (None with `--ood none`, or when it could not be
+            fitted: the reason is logged and the run stays usable without one).
     """
 
     run: RunFolder
@@ -51,6 +62,7 @@ class RunResult:
     rule: DecisionRule
     train_seconds: float
     stopped_early: bool
+    ood: Detector | None = None
 
 
 def _figures_callback(bundle: DataBundle, run: RunFolder, prepared: Prepared) -> keras.callbacks.Callback:
@@ -135,7 +147,15 @@ def run_training(
         for split, dataset in (("val", result.bundle.val), ("test", result.bundle.test))
         if dataset is not None
     }
-    metrics = write_run_report(result.run, result.history, predictions, info, config.train.threshold)
+    metrics = write_run_report(
+        result.run,
+        result.history,
+        predictions,
+        info,
+        config.train.threshold,
+        planned_epochs=config.train.epochs,
+    )
+    detector = _fit_ood(result, config)
     return RunResult(
         run=result.run,
         config=config,
@@ -146,4 +166,21 @@ def run_training(
         rule=DecisionRule.from_json(metrics["threshold"], info.class_names),
         train_seconds=result.train_seconds,
         stopped_early=result.stopped_early,
+        ood=detector,
     )
+
+
+def _fit_ood(result, config: RunConfig) -> Detector | None:
+    """Fit and save the run's `--ood` detector; a data problem leaves the run without one."""
+    from tfpipeline.models import main_model
+    from tfpipeline.ood.fit import fit_run_detector
+
+    try:
+        return fit_run_detector(
+            result.run.path, main_model(result.model), config, result.scaling, bundle=result.bundle
+        )
+    except UserError as exc:
+        log.warning(
+            "no out-of-domain detector (%s); fit one later with `tfpipeline ood fit %s`", exc, result.run.path
+        )
+        return None

@@ -37,7 +37,14 @@ def show_help(parser: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tfpipeline.cli import data_commands, eval_commands, export_commands, model_commands, tune_commands
+    from tfpipeline.cli import (
+        data_commands,
+        eval_commands,
+        export_commands,
+        model_commands,
+        ood_commands,
+        tune_commands,
+    )
 
     parser = Parser(
         prog="tfpipeline", description="Keras image classification: data, train, evaluate, serve."
@@ -45,31 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tfpipeline {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (data_commands, model_commands, eval_commands, export_commands, tune_commands):
+    for module in (
+        data_commands,
+        model_commands,
+        ood_commands,
+        eval_commands,
+        export_commands,
+        tune_commands,
+    ):
         module.register(commands)
     parser.set_defaults(func=show_help(parser))
     return parser
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter silenced.
-
-    TensorFlow logs through absl before `TF_CPP_MIN_LOG_LEVEL` takes effect ("oneDNN custom
-    operations are on", CUDA probing on machines without GPUs), which buries the command's own
-    output. File descriptor 2 is pointed at /dev/null for the import and the device probe only;
-    Python exceptions raised meanwhile still propagate and are printed normally.
-    """
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = list(argv)  # for commands that re-run themselves in a fresh process (tune)
         if args.command is not None:
-            from tfpipeline.hardware import apply_onednn_default
+            from tfpipeline.hardware import prepare_tensorflow
 
-            apply_onednn_default()  # before TensorFlow loads: it reads the variable once
-        if not debug and args.command is not None:
-            import_tensorflow_quietly()
+            prepare_tensorflow(quiet=not debug)
         return int(args.func(args) or 0)
     except UserError as exc:
         if debug:

@@ -22,7 +22,7 @@ from sklearn import metrics as skm
 
 from tfpipeline.evaluation.metrics import expected_calibration_error, reliability_table
 
-DEFAULT_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
+DEFAULT_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc", "learning_rate")
 DPI = 120
 
 
@@ -43,12 +43,18 @@ def figure_to_png_bytes(fig: Figure) -> bytes:
 
 
 def plot_learning_curves(
-    history: Any, metrics: Sequence[str] = DEFAULT_METRICS, *, title: str = "Learning curves"
+    history: Any,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    title: str = "Learning curves",
+    planned_epochs: int | None = None,
 ) -> Figure:
     """One subplot per metric present in `history`: train (`m`) and validation (`val_m`) per epoch.
 
     `history` is a pandas DataFrame (e.g. a CSVLogger file) or a dict of lists (Keras
     `History.history`); an `epoch` column, when present, gives the x values (shown 1-based).
+    `learning_rate`, when logged, gets its own panel (the schedule as it ran). With
+    `planned_epochs` longer than the history, every panel marks where early stopping ended it.
     """
     columns = _history_columns(history)
     present = [m for m in metrics if m in columns or f"val_{m}" in columns]
@@ -58,8 +64,16 @@ def plot_learning_curves(
     nrows = math.ceil(len(present) / ncols)
     fig = Figure(figsize=(4.6 * ncols, 3.4 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    epochs_run = max(len(values) for values in columns.values())
+    stopped = planned_epochs is not None and 0 < epochs_run < planned_epochs
     for ax, metric in zip(axes, present, strict=False):
-        for key, label, style in ((metric, "train", "--"), (f"val_{metric}", "val", "-")):
+        # The learning rate is one schedule, not a train/val pair.
+        curves = (
+            ((metric, "learning rate", "-"),)
+            if metric == "learning_rate"
+            else ((metric, "train", "--"), (f"val_{metric}", "val", "-"))
+        )
+        for key, label, style in curves:
             if key in columns:
                 values = np.asarray(columns[key], dtype=float)
                 ax.plot(_epochs(columns, len(values)), values, style, marker=".", label=label)
@@ -67,13 +81,17 @@ def plot_learning_curves(
             values = np.asarray(columns[f"val_{metric}"], dtype=float)
             best = int(np.nanargmin(values) if metric == "loss" else np.nanargmax(values))
             ax.axvline(_epochs(columns, len(values))[best], color="grey", lw=0.8, ls=":", label="best val")
-        ax.set_title(metric)
+        if stopped:
+            ax.axvline(_epochs(columns, epochs_run)[-1], color="tab:red", lw=0.8, ls="--", label="early stop")
+        ax.set_title(metric.replace("_", " "))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     for ax in axes[len(present) :]:
         fig.delaxes(ax)
+    if stopped:
+        title = f"{title} (early stopping after epoch {epochs_run} of {planned_epochs})"
     fig.suptitle(title)
     return fig
 

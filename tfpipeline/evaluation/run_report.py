@@ -61,7 +61,12 @@ def resolve_rule(policy: str, info, val: SplitPredictions) -> DecisionRule:
 
 
 def write_run_report(
-    run, history: pd.DataFrame, predictions: dict[str, SplitPredictions], info, policy: str
+    run,
+    history: pd.DataFrame,
+    predictions: dict[str, SplitPredictions],
+    info,
+    policy: str,
+    planned_epochs: int | None = None,
 ) -> dict:
     """Write metrics.json and the standard PNGs into the run folder; return the metrics.
 
@@ -71,12 +76,15 @@ def write_run_report(
         predictions: split name -> SplitPredictions (must include `val`).
         info: the run's DataInfo (class names, positive class, train prior).
         policy: the threshold policy from the run's config.
+        planned_epochs: the configured epochs, so the curves mark an early stop.
     """
     class_names = list(info.class_names)
     rule = resolve_rule(policy, info, predictions["val"])
     metrics: dict[str, Any] = {"threshold": rule.to_json()}
     run.plots_dir.mkdir(exist_ok=True)
-    save_figure(plot_learning_curves(history), run.plots_dir / "learning_curves.png")
+    save_figure(
+        plot_learning_curves(history, planned_epochs=planned_epochs), run.plots_dir / "learning_curves.png"
+    )
     for split, pred in predictions.items():
         metrics[split] = classification_metrics(pred.y_true, pred.probs, class_names, rule=rule)
         save_figure(
