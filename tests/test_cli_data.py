@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tfpipeline.cli import main
 
@@ -155,6 +157,7 @@ def test_explore(capsys, image_folder, tmp_path):
     assert {p.name for p in out_dir.iterdir()} == {
         "report.md",
         "report.json",
+        "samples_overview.png",
         "samples_blue.png",
         "samples_red.png",
     }
@@ -247,6 +250,28 @@ def test_split_refuses_out_inside_src(capsys, class_folder):
     assert not (class_folder / "split").exists()
 
 
-def test_split_refuses_split_layout_and_embedded(capsys, image_folder, tmp_path):
+def test_split_refuses_split_layout_and_linking_memory(capsys, image_folder, tmp_path):
     assert_user_error(*run(capsys, "data", "split", image_folder, tmp_path / "o")[::2], "already split")
-    assert_user_error(*run(capsys, "data", "split", "faces", tmp_path / "o")[::2], "faces")
+    assert_user_error(*run(capsys, "data", "split", "faces", tmp_path / "o", "--link")[::2], "faces")
+    assert not (tmp_path / "o").exists()
+
+
+def test_split_writes_embedded_data_as_pngs_that_read_back_identically(capsys, tmp_path):
+    from tfpipeline.config import DataConfig
+    from tfpipeline.data import resolve_source
+
+    out = tmp_path / "digits"
+    code, stdout, _ = run(capsys, "data", "split", "digits", out, "--ratios", "0.8,0.2,0")
+    assert code == 0 and '"train": 1437' in stdout
+    memory = resolve_source(DataConfig(data="digits", split_ratios=(0.8, 0.2, 0.0)))
+    files = resolve_source(DataConfig(data=str(out)))
+    assert files.class_names == memory.class_names == tuple("0123456789")
+    for name in ("train", "val"):
+        assert (
+            np.bincount(files.splits[name].labels).tolist()
+            == np.bincount(memory.splits[name].labels).tolist()
+        )
+    first = sorted((out / "val" / "3").iterdir())[0]
+    index = int(first.stem)
+    assert memory.splits["val"].labels[index] == 3
+    np.testing.assert_array_equal(np.asarray(Image.open(first)), memory.splits["val"].images[index][..., 0])

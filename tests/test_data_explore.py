@@ -74,17 +74,22 @@ def test_report_files_and_sample_grids(image_folder, tmp_path):
     out = tmp_path / "report"
     report = run(image_folder, out)
     assert report["sample_grids"] == ["samples_blue.png", "samples_red.png"]
+    assert report["sample_overview"] == "samples_overview.png"
     for name in report["sample_grids"]:
         with Image.open(out / name) as grid:
             assert grid.format == "PNG" and grid.width > 300 and grid.height > 300
             pixels = np.asarray(grid.convert("RGB"), dtype=float)
             assert pixels.std() > 10  # not a blank figure
+    with Image.open(out / report["sample_overview"]) as overview:  # one row of samples per class
+        assert overview.format == "PNG" and overview.width > 2 * overview.height > 300
+        assert np.asarray(overview.convert("RGB"), dtype=float).std() > 10
     saved = json.loads((out / "report.json").read_text())
     assert saved["counts"] == report["counts"] and "table" not in saved
     markdown = (out / "report.md").read_text()
     assert (
         "| blue" in markdown and "Leakage" in markdown and "![samples_red.png](samples_red.png)" in markdown
     )
+    assert markdown.index("![samples_overview.png]") < markdown.index("![samples_blue.png]")
     assert "positive class `red`" in markdown.lower()
 
 

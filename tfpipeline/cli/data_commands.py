@@ -1,4 +1,4 @@
-"""`tfpipeline data check|explore|split`."""
+"""`tfpipeline data check|explore|split|extract` and `tfpipeline cache`."""
 
 from __future__ import annotations
 
@@ -66,10 +66,22 @@ def cmd_split(args: argparse.Namespace) -> int:
     source = resolve_source(config)
     if source.kind == "folder":
         raise UserError(f"data split: {args.src} is already split into train/val folders")
-    if source.kind != "folder-classes":
-        raise UserError(f"data split: {args.src} is not an image folder (needs one subfolder per class)")
     written = materialize_split(source, args.out, link=args.link)
     print(f"wrote {json.dumps(written)} to {args.out} ({'symlinks' if args.link else 'copies'})")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from tfpipeline.data.archive import extract_archive
+
+    done = extract_archive(args.archive, args.out, per_folder=args.per_folder)
+    verb = "already extracted" if done.reused else "extracted"
+    sample = f" (first {args.per_folder} per folder)" if args.per_folder else ""
+    print(
+        f"{verb}: {done.files:,} files{sample} from {args.archive} into {', '.join(map(str, done.folders))}"
+    )
+    if done.skipped:
+        print(f"skipped {len(done.skipped)} link or special member(s), e.g. {done.skipped[0]}")
     return 0
 
 
@@ -115,7 +127,9 @@ def register(commands) -> None:
     explore.set_defaults(func=cmd_explore)
 
     split = sub.add_parser("split", help="write a stratified train/val/test folder layout")
-    split.add_argument("src", help="folder with one subfolder per class")
+    split.add_argument(
+        "src", help="folder with one subfolder per class, or faces/digits/tfds:NAME (written as PNG files)"
+    )
     split.add_argument("out", help="new folder to create")
     split.add_argument("--ratios", dest="split_ratios", type=parse_floats, help="default 0.75,0.125,0.125")
     split.add_argument("--seed", type=int, help="default 101")
@@ -124,6 +138,19 @@ def register(commands) -> None:
     )
     split.add_argument("--link", action="store_true", help="symlink instead of copying")
     split.set_defaults(func=cmd_split)
+
+    extract = sub.add_parser(
+        "extract",
+        help="unpack an image archive (tar, tar.gz, zip) into a folder, safely and once",
+        description="Members that would land outside OUT are refused; links and devices are skipped. "
+        "Extracting the same archive again into the same folder is a no-op.",
+    )
+    extract.add_argument("archive", help="a .tar, .tar.gz, .tgz or .zip file")
+    extract.add_argument("out", help="destination folder (created if needed)")
+    extract.add_argument(
+        "--per-folder", type=int, help="keep only the first N files (by name) of each folder, for quick runs"
+    )
+    extract.set_defaults(func=cmd_extract)
 
     cache = commands.add_parser(
         "cache",

@@ -137,6 +137,26 @@ def sample_grid(
     return fig
 
 
+def class_overview(images_by_class: dict[str, np.ndarray], title: str, per_row: int = 8) -> Figure:
+    """One row of up to `per_row` uint8 images per class, the class name at the left: the
+    whole dataset at a glance (the per-class grids show more of each class, with file names)."""
+    nrows = max(1, len(images_by_class))
+    fig = Figure(figsize=(0.9 * per_row + 1.2, 0.95 * nrows + 0.6))
+    axes = fig.subplots(nrows, per_row, squeeze=False)
+    for row, (name, images) in zip(axes, images_by_class.items(), strict=False):
+        for ax, image in zip(row, images[:per_row], strict=False):
+            ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+        row[0].set_ylabel(_shorten(name, 16), rotation=0, ha="right", va="center", fontsize=10)
+    fig.suptitle(title, fontsize=12, fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3) :]
 
@@ -209,7 +229,7 @@ def _write(
     grid_config = replace(config, image_size=(128, 128), resize="pad", interpolation=interpolation)
     names = example_names(train, "train")
     dataset = Path(str(report["data"]).rstrip("/")).name or report["data"]
-    grids = []
+    grids, overview = [], {}
     for index, name in enumerate(class_names):
         available = np.flatnonzero(train.labels == index)
         chosen = np.sort(rng.permutation(available)[:9])
@@ -223,6 +243,11 @@ def _write(
         path = out / f"samples_{_safe(name)}.png"
         fig.savefig(path, dpi=100)
         grids.append(path.name)
+        overview[name] = images
+    if overview:
+        title = f"{dataset}: training images of each class"
+        class_overview(overview, title).savefig(out / "samples_overview.png", dpi=80)
+        report["sample_overview"] = "samples_overview.png"
     report["sample_grids"] = grids
     (out / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
     (out / "report.md").write_text(render_markdown(report, table))
@@ -261,7 +286,10 @@ def render_markdown(report: dict, table: pd.DataFrame) -> str:
         lines.append(
             "- Unusual but usable: " + ", ".join(f"{k} x{v}" for k, v in report["unusual_files"].items())
         )
-    lines += ["", "## Samples", ""] + [f"![{g}]({g})" for g in report.get("sample_grids", [])]
+    shown = ([report["sample_overview"]] if report.get("sample_overview") else []) + report.get(
+        "sample_grids", []
+    )
+    lines += ["", "## Samples", ""] + [f"![{g}]({g})" for g in shown]
     return "\n".join(lines) + "\n"
 
 
