@@ -38,31 +38,36 @@ BASELINE = [
 ]  # fmt: skip
 
 
-def run(name: str, data: Path, flags: list[str], targets: list[float]) -> dict:
-    """Train once through the CLI; the accuracy curve and totals from its run folder."""
+def train(name: str, data: Path, flags: list[str], runs: Path) -> tuple[Path, float]:
+    """Train once through the CLI into a new folder under `runs`; its path and wall seconds."""
+    before = {p for p in runs.iterdir() if p.is_dir()}
+    command = [
+        sys.executable,
+        "-m",
+        "tfpipeline.cli",
+        "train",
+        "--data",
+        str(data),
+        "--run-dir",
+        str(runs),
+        *flags,
+    ]
+    start = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if completed.returncode != 0:
+        raise RuntimeError(f"{name}: tfpipeline train failed:\n{completed.stderr[-3000:]}")
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir() and p not in before]
+    return run_dir, wall
+
+
+def summarise(run_dir: Path, targets: list[float], wall: float | None = None) -> dict:
+    """The accuracy curve, target crossings and totals recorded in a finished run folder."""
     import pandas as pd
 
-    with tempfile.TemporaryDirectory(prefix="tfp-tta-") as runs:
-        command = [
-            sys.executable,
-            "-m",
-            "tfpipeline.cli",
-            "train",
-            "--data",
-            str(data),
-            "--run-dir",
-            runs,
-            *flags,
-        ]
-        start = time.perf_counter()
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - start
-        if completed.returncode != 0:
-            raise RuntimeError(f"{name}: tfpipeline train failed:\n{completed.stderr[-3000:]}")
-        (run_dir,) = [p for p in Path(runs).iterdir() if p.is_dir()]
-        history = pd.read_csv(run_dir / "history.csv")
-        info = json.loads((run_dir / "run.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = pd.read_csv(run_dir / "history.csv")
+    info = json.loads((run_dir / "run.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     seconds = history["epoch_seconds"].cumsum()
     curve = [
         {"epoch": int(i) + 1, "seconds": round(float(s), 1), "val_accuracy": round(float(a), 4)}
@@ -73,32 +78,72 @@ def run(name: str, data: Path, flags: list[str], targets: list[float]) -> dict:
         hit = next((point for point in curve if point["val_accuracy"] >= target), None)
         crosses[f"{target:.2f}"] = {"epoch": hit["epoch"], "seconds": hit["seconds"]} if hit else None
     return {
-        "flags": flags,
+        "run": str(run_dir),
         "curve": curve,
         "crosses": crosses,
         "final_val_accuracy": metrics["val"]["accuracy"],  # with the run's test-time augmentation
         "best_epoch_val_accuracy": round(float(history["val_accuracy"].max()), 4),
         "val_images": metrics["val"]["num_samples"],
         "train_seconds": info.get("train_seconds"),
-        "wall_seconds": round(wall, 1),
+        "wall_seconds": None if wall is None else round(wall, 1),
         "precision": info.get("precision"),
         "recipe": info.get("recipe"),
         "trainable_params": info.get("trainable_params"),
     }
 
 
+def run(name: str, data: Path, flags: list[str], targets: list[float], keep: Path | None) -> dict:
+    """Train once (in `keep`, or a temporary folder) and summarise the run."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        run_dir, wall = train(name, data, flags, keep)
+        return {"flags": flags, **summarise(run_dir, targets, wall)}
+    with tempfile.TemporaryDirectory(prefix="tfp-tta-") as runs:
+        run_dir, wall = train(name, data, flags, Path(runs))
+        return {"flags": flags, **summarise(run_dir, targets, wall)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", required=True, type=Path, help="image folder (class subfolders)")
+    parser.add_argument("--data", type=Path, help="image folder (class subfolders)")
     parser.add_argument("--recipe", default="cifar10")
     parser.add_argument("--no-baseline", action="store_true", help="skip the small_cnn baseline")
     parser.add_argument("--baseline-epochs", type=int, default=15)
     parser.add_argument("--targets", default="0.90,0.93", help="accuracies to report crossing times for")
+    parser.add_argument("--keep", type=Path, help="keep the run folders here (e.g. to predict with them)")
+    parser.add_argument(
+        "--from-run",
+        action="append",
+        default=[],
+        metavar="LABEL=RUN",
+        help="summarise an already finished run folder instead of training (repeatable; --data unused)",
+    )
     parser.add_argument("extra", nargs="*", help="after --: more train flags for the recipe run")
     args = parser.parse_args()
-    if not args.data.is_dir():
+    if args.from_run:
+        from tfpipeline.hardware import machine_record
+
+        targets = [float(t) for t in args.targets.split(",")]
+        runs = {}
+        for item in args.from_run:
+            label, _, folder = item.partition("=")
+            if not folder or not all(
+                (Path(folder) / name).is_file() for name in ("history.csv", "metrics.json")
+            ):
+                raise SystemExit(f"--from-run {item}: expected LABEL=RUN with RUN a finished run folder")
+            runs[label] = summarise(Path(folder), targets)
+        emit(
+            {
+                "benchmark": "time_to_accuracy",
+                "source": "existing runs",
+                "machine": machine_record(),
+                "runs": runs,
+            }
+        )
+        return
+    if args.data is None or not args.data.is_dir():
         raise SystemExit(f"--data {args.data}: no such folder")
     targets = [float(t) for t in args.targets.split(",")]
 
@@ -114,10 +159,12 @@ def main() -> None:
         "tensorflow": tf.__version__,
         "runs": {},
     }
-    result["runs"][args.recipe] = run(args.recipe, args.data, ["--recipe", args.recipe, *args.extra], targets)
+    result["runs"][args.recipe] = run(
+        args.recipe, args.data, ["--recipe", args.recipe, *args.extra], targets, args.keep
+    )
     if not args.no_baseline:
         flags = [*BASELINE, "--epochs", str(args.baseline_epochs)]
-        result["runs"]["small_cnn"] = run("small_cnn", args.data, flags, targets)
+        result["runs"]["small_cnn"] = run("small_cnn", args.data, flags, targets, args.keep)
     emit(result)
 
 

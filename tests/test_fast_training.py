@@ -94,8 +94,10 @@ def test_fast_resnet_builds_with_a_frozen_whitening_kernel():
     plain = build_model(replace(TINY, stem="plain", activation="relu", init="default"), (16, 16, 1), 2)
     assert plain.output_shape == (None, 1) and "whiten" not in [layer.name for layer in plain.layers]
     init_whitening(plain, images[:, :16, :16, :1])  # no whitening layer: nothing to do
-    with pytest.raises(UserError, match="fast_resnet does not support --stem srm"):
-        build_model(replace(TINY, stem="srm"), (32, 32, 3), 10)
+    with pytest.raises(UserError, match="small_cnn does not support --stem whiten"):  # fast_resnet's own stem
+        get_spec("small_cnn").build(
+            replace(TINY, name="small_cnn", stem="whiten", filters=()), (64, 64, 3), 10
+        )
     with pytest.raises(UserError, match="--filters needs 3 values"):
         build_model(replace(TINY, filters=(8, 8)), (32, 32, 3), 10)
     with pytest.raises(UserError, match="at least 16x16"):

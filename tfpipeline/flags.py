@@ -306,7 +306,6 @@ def chosen_recipe(args: argparse.Namespace):
 
 def resolve_run_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
     """Defaults <- `--recipe` <- `base` (e.g. a resumed run's config) <- `--config` YAML <- flags."""
-    nested: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     layers = []
     recipe = chosen_recipe(args)
     if recipe is not None:
@@ -322,13 +321,25 @@ def resolve_run_config(args: argparse.Namespace, base: dict[str, Any] | None = N
             continue
         _place(key, value, typed, "flag")
     layers.append(typed)
+    return merge_layers(layers, str(config_file or "options"))
+
+
+def merge_layers(layers: list[dict[str, dict]], where: str) -> RunConfig:
+    """The RunConfig of option layers (each `{"data": ..., "model": ..., "train": ...}`), later
+    layers overriding earlier ones field by field."""
+    nested: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     for layer in layers:
         for section in nested:
             augment = layer[section].get("augment")
             nested[section].update({k: v for k, v in layer[section].items() if k != "augment"})
             if augment:
                 nested[section].setdefault("augment", {}).update(augment)
-    return from_dict(RunConfig, nested, where=str(config_file or "options"))
+    return from_dict(RunConfig, nested, where=where)
+
+
+def options_layer(values: dict[str, Any], where: str) -> dict[str, dict]:
+    """A mapping of options (flat flag names or `data`/`model`/`train` sections) as one layer."""
+    return _flatten_yaml(values, where)
 
 
 def data_config_from_args(args: argparse.Namespace, data: str | None = None) -> DataConfig:

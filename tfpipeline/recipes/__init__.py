@@ -87,3 +87,25 @@ def load_recipe(name: str) -> Recipe:
     if name not in recipes:
         raise UserError(f"unknown recipe '{name}'; known recipes: {', '.join(sorted(recipes))}")
     return recipes[name]
+
+
+def build_config(recipe: str | None = None, **options: Any):
+    """A RunConfig from a recipe and options, layered as `tfpipeline train --recipe R --opt v`.
+
+    The library form of the command line, for notebooks and scripts: `options` use the flag
+    names with underscores (`lr=0.01`, `image_size=(64, 64)`, `batchnorm=True`, `data="faces"`,
+    `model="small_cnn"`) or the sections of a config file (`train={"epochs": 3}`); they override
+    the recipe.
+
+    Raises:
+        UserError: an unknown recipe or option, or a value a config field refuses.
+    """
+    from tfpipeline.flags import merge_layers, options_layer
+
+    layers = []
+    if recipe is not None:
+        chosen = load_recipe(recipe)
+        layers.append(options_layer(chosen.options, f"recipe {chosen.name}"))
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+    layers.append(options_layer(options, "options"))
+    return merge_layers(layers, "options")
