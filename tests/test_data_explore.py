@@ -120,3 +120,20 @@ def test_embedded_data(tmp_path, color_mode):
     assert len(report["channel_mean"]) == (1 if color_mode == "grayscale" else 3)
     assert report["positive_class"] == "face"
     assert (tmp_path / color_mode / "samples_face.png").exists()
+
+
+def test_explore_checks_files_without_filling_the_pixel_cache(image_folder, tmp_path, monkeypatch):
+    # Filling it would hold every image decoded at the training size in memory (CIFAR-10's
+    # 50,000 images at the default 224 px: 7.5 GB) for a command that trains nothing.
+    import tfpipeline.data as data_module
+
+    fills = []
+    original = data_module.check_files
+
+    def spying(*args, **kwargs):
+        fills.append(kwargs.get("fill"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "check_files", spying)
+    run(image_folder, tmp_path / "report")
+    assert fills == [None]
