@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -150,8 +151,45 @@ def test_training_fits_and_stores_the_default_detector(tiny_run):
     assert stored["method"] == "mahalanobis" and stored["accept"] == 0.95
     assert stored["counts"] == {"train": 16, "val": 4} and stored["layout"]["embedding_layer"] == "dense3"
     assert stored["val_acceptance"] >= 0.95 and set(stored["seconds"]) == {"fit", "calibrate"}
+    # small_cnn's taps are its four pooling layers: their channel means lead dense3's 32 units.
+    assert stored["layout"]["taps"] == ["pool1", "pool2", "pool3", "pool4"]
+    width = 16 + 32 + 64 + 64 + 32 + 5  # each block at unit length, then the 5 blocks' log lengths
+    assert stored["layout"]["embedding"] == width and stored["layout"]["head"] == 32
     with np.load(run / "ood" / "arrays.npz") as arrays:
-        assert arrays["means"].shape == (2, 32) and arrays["whitener"].shape == (32, 32)
+        assert arrays["means"].shape == (2, width) and arrays["whitener"].shape == (width, width)
+
+
+def test_a_detector_fitted_before_taps_still_scores_as_it_was_fitted(tiny_run):
+    from tfpipeline.evaluation.run_context import load_run_model, open_run
+    from tfpipeline.ood.store import _layout
+    from tfpipeline.ood.views import view_model
+
+    # ood.json of a detector fitted before taps existed: no `taps` key.
+    legacy = _layout({"units": 1, "embedding": 32, "head": 0, "embedding_layer": "dense3"})
+    assert legacy.taps == ()
+    context = open_run(tiny_run())
+    _, layout = view_model(load_run_model(context), context.config.model, taps=legacy.taps)
+    assert layout == legacy  # so OODScorer accepts it and scores the columns it was fitted on
+
+
+def test_tapped_views_are_unit_blocks_then_their_log_lengths(tiny_run):
+    from tfpipeline.evaluation.run_context import load_run_model, open_run
+    from tfpipeline.ood.views import view_model
+
+    context = open_run(tiny_run())
+    model = load_run_model(context)
+    view, layout = view_model(model, context.config.model)
+    images = np.random.default_rng(0).random((3, 32, 32, 3)).astype(np.float32)
+    _, embedding, _ = layout.split(view.predict(images, verbose=0))
+    widths = [16, 32, 64, 64, 32]  # pool1..pool4 channel means, then dense3
+    blocks = np.split(embedding[:, : sum(widths)], np.cumsum(widths)[:-1], axis=1)
+    log_lengths = embedding[:, sum(widths) :]
+    assert log_lengths.shape == (3, len(widths))
+    dense3 = keras.Model(model.inputs, model.get_layer("dense3").output).predict(images, verbose=0)
+    np.testing.assert_allclose(log_lengths[:, -1], np.log(np.linalg.norm(dense3, axis=1) + 1e-6), rtol=1e-4)
+    for block, length in zip(blocks, log_lengths.T, strict=True):
+        live = np.exp(length) > 0.1  # a dead block stays near zero instead of being blown up
+        np.testing.assert_allclose(np.linalg.norm(block[live], axis=1), 1.0, atol=1e-4)
 
 
 def test_refit_show_and_old_runs(tiny_run, tmp_path, capsys):
@@ -286,3 +324,15 @@ def test_other_detectors_and_tta_in_the_graph(method, tta, tiny_run, tmp_path):
     assert plain.ood_threshold is None and plain.metadata["ood"]["reason"] == "exported with --no-ood"
     served = tf.saved_model.load(str(plain.path)).signatures["serving_default"]
     assert "ood_score" not in served.structured_outputs
+
+
+def test_the_fit_uses_a_seeded_subset_of_a_large_training_split():
+    from tfpipeline.data.split import Split
+    from tfpipeline.ood.fit import fit_subset
+
+    split = Split(labels=np.arange(50) % 5, paths=tuple(f"/d/{i}.png" for i in range(50)))
+    assert fit_subset(split, seed=1, limit=50) is split
+    chosen = fit_subset(split, seed=1, limit=20)
+    assert len(chosen.labels) == 20 and chosen.paths == fit_subset(split, seed=1, limit=20).paths
+    assert list(chosen.paths) == sorted(chosen.paths, key=lambda p: int(p[3:-4]))  # original order kept
+    assert chosen.paths != fit_subset(split, seed=2, limit=20).paths

@@ -75,6 +75,11 @@ def _layer(name: str) -> Callable[[ModelConfig], str]:
     return lambda config: name
 
 
+def _fast_resnet_taps(config: ModelConfig) -> tuple[str, ...]:
+    """The stem's and each of the three groups' final activation (the block outputs)."""
+    return ("stem_act", "group1_act2", "group2_act2", "group3_act2")
+
+
 def _last_dense(config: ModelConfig, default: int = 3) -> str:
     """The last hidden Dense layer (`dense{i}`) of a head of `config.dense_units` (or `default`) widths."""
     return f"dense{len(config.dense_units) or default}"
@@ -104,6 +109,9 @@ class ModelSpec:
         aux_head: the model can grow the auxiliary region head (`--aux-regions`).
         embedding_layer: `config -> layer name` whose output is the model's penultimate
             embedding, the features out-of-domain detection models (:mod:`tfpipeline.ood`).
+        ood_taps: `config -> layer names` of feature maps whose channel means the detector
+            also models (low-level statistics an embedding trained to be invariant discards,
+            e.g. how sharp an image is); None: the model's 2-D pooling layers.
     """
 
     build: Callable[[ModelConfig, InputShape, int], keras.Model]
@@ -119,6 +127,7 @@ class ModelSpec:
     any_size: bool = False
     aux_head: bool = False
     embedding_layer: Callable[[ModelConfig], str] = _last_dense
+    ood_taps: Callable[[ModelConfig], tuple[str, ...]] | None = None
 
     def run_label(self, config: ModelConfig) -> str:
         return self.label(config) if self.label else config.name
@@ -159,6 +168,7 @@ MODELS: dict[str, ModelSpec] = {
         any_size=True,
         aux_head=True,
         embedding_layer=_layer("pool"),  # global max-pool features; the head is linear on them
+        ood_taps=_fast_resnet_taps,
     ),
     "keras_cnn": ModelSpec(
         build_keras_cnn,

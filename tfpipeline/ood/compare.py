@@ -16,7 +16,7 @@ from typing import Any
 from tfpipeline.config import OOD_METHODS, RunConfig
 from tfpipeline.ood import autoencoder as ae
 from tfpipeline.ood.detectors import separation
-from tfpipeline.ood.fit import fit_detector, ordered_train
+from tfpipeline.ood.fit import fit_detector, fit_subset, ordered_train
 from tfpipeline.ood.images import ImageSet
 from tfpipeline.ood.scorer import OODScorer
 
@@ -53,8 +53,9 @@ def compare_methods(
     held_out = "test" if bundle.test is not None else "val"
     held_out_data = bundle.test if bundle.test is not None else bundle.val
     held_out_count = len(bundle.splits[held_out])
-    train = ordered_train(bundle, config, scaling)
-    labels = bundle.splits["train"].labels
+    subset = fit_subset(bundle.splits["train"], config.data.seed)
+    train = ordered_train(bundle, config, scaling, subset)
+    labels = subset.labels
     rows = []
     for method in methods:
         start = time.perf_counter()

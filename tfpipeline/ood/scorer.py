@@ -45,7 +45,7 @@ class OODScorer:
         if detector.method == "autoencoder":
             self._classifier = with_tta(model, self.tta)
         else:
-            view, layout = view_model(model, config)
+            view, layout = view_model(model, config, taps=detector.layout.taps)
             if layout != detector.layout:
                 raise UserError(
                     f"the out-of-domain detector was fitted on views {detector.layout} but the model "

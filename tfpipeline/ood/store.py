@@ -73,6 +73,13 @@ class Detector:
         }
 
 
+def _layout(stored: dict[str, Any] | None) -> ViewLayout | None:
+    """A stored layout (JSON lists back to tuples; no `taps` in detectors fitted before them)."""
+    if not stored:
+        return None
+    return ViewLayout(**{**stored, "taps": tuple(stored.get("taps", ()))})
+
+
 def ood_dir(run_path: str | Path) -> Path:
     return Path(run_path) / OOD_DIR
 
@@ -132,7 +139,7 @@ def load_detector(run_path: str | Path) -> Detector | None:
         accept=float(stored["accept"]),
         tta=stored.get("tta", "none"),
         scaling=stored.get("scaling", "unit"),
-        layout=ViewLayout(**stored["layout"]) if stored.get("layout") else None,
+        layout=_layout(stored.get("layout")),
         arrays=arrays,
         facts={k: v for k, v in stored.items() if k not in known},
         autoencoder=autoencoder,

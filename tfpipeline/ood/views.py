@@ -4,10 +4,24 @@
 concatenates, per image,
 
 - the model's own output (`units` columns: one sigmoid unit for two classes, K softmax columns),
-- its embedding (the registry's `embedding_layer`, e.g. small_cnn's `dense3`, fast_resnet's
-  `pool`; `embedding` columns), and
+- its embedding (`embedding` columns): the channel means of the registry's `ood_taps` feature
+  maps (fast_resnet: the stem and every group's output; others: their pooling layers) and the
+  registry's `embedding_layer` (e.g. small_cnn's `dense3`, fast_resnet's `pool`), each block
+  scaled to unit length, then the log of each block's length (one column per block), and
 - the input of its `output` layer when that is not the embedding itself (fast_resnet: the
   scaled logits before the final activation; `head` columns).
+
+The taps matter: a classifier's last features are trained to ignore what does not decide the
+class, so blurry, upsampled or synthetic images can land right beside the class means there
+(measured: a CIPLAB detector's final embedding scored CIFAR-10 photos as *more* typical than its
+own validation faces, AUROC 0.03). Early feature maps keep the image statistics (sharpness,
+texture, colour) that tell such inputs apart, in the spirit of Lee et al. (2018)'s feature
+ensemble. Each block is split into its direction (unit length) and the log of its length
+because activation *strength* varies most among training images, so a flat, weakly activating
+input (an upsampled 8x8 digit) sits along the covariance's widest axis and looks typical; apart,
+the direction says which features fire and the length how strongly. Measured on the CIPLAB
+detector (AUROC vs CIFAR-10 / digits): final embedding 0.030 / 0.011; raw taps 0.439 / 0.077;
+unit blocks plus log lengths 0.963 / 0.851.
 
 One flat output lets the run's test-time augmentation (:func:`~tfpipeline.models.tta.with_tta`)
 average every view exactly as it averages the probabilities, so a detector scores the same
@@ -27,6 +41,7 @@ from tfpipeline.config import ModelConfig
 from tfpipeline.errors import UserError
 
 HEAD_LAYER = "output"  # every registered model names its classification layer so
+LENGTH_EPSILON = 1e-6  # keeps an all-zero block (a dead tap) finite
 
 
 @dataclass(frozen=True)
@@ -38,12 +53,15 @@ class ViewLayout:
         embedding: width of the embedding.
         head: width of the head layer's input when it is not the embedding (0 otherwise).
         embedding_layer: the layer the embedding is read from.
+        taps: the feature maps whose channel means lead the embedding columns (() in detectors
+            fitted before taps existed, which keep working as they were fitted).
     """
 
     units: int
     embedding: int
     head: int
     embedding_layer: str
+    taps: tuple[str, ...] = ()
 
     def split(self, views: Any) -> tuple[Any, Any, Any]:
         """(output [N, units], embedding [N, D], head input [N, H]) columns of `views`."""
@@ -53,14 +71,28 @@ class ViewLayout:
         return output, embedding, head
 
 
-def _taps(model: keras.Model, embedding_layer: str) -> tuple[Any, Any, Any, Any]:
-    """(inputs, output, embedding, head input) tensors of one clean graph of `model`.
+def default_taps(model: keras.Model, config: ModelConfig) -> tuple[str, ...]:
+    """The feature maps a new detector taps: the registry's `ood_taps` present in `model`, or
+    the model's 2-D pooling layers."""
+    from tfpipeline.models import get_spec
+
+    spec = get_spec(config.name)
+    present = [layer.name for layer in model.layers]
+    if spec.ood_taps is not None:
+        wanted = set(spec.ood_taps(config))
+        return tuple(name for name in present if name in wanted)
+    pools = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+    return tuple(layer.name for layer in model.layers if isinstance(layer, pools))
+
+
+def _taps(model: keras.Model, embedding_layer: str, taps: tuple[str, ...]) -> tuple[Any, Any, Any, Any, list]:
+    """(inputs, output, embedding, head input, tapped maps) tensors of one clean graph of `model`.
 
     A Sequential model reloaded from disk has layers with several graph nodes, so its layers are
     re-applied to a fresh input; a functional model's own graph is used as it is.
     """
     names = {layer.name for layer in model.layers}
-    for needed in (embedding_layer, HEAD_LAYER):
+    for needed in (embedding_layer, HEAD_LAYER, *taps):
         if needed not in names:
             raise UserError(
                 f"{model.name}: no layer '{needed}' to read out-of-domain features from "
@@ -69,28 +101,35 @@ def _taps(model: keras.Model, embedding_layer: str) -> tuple[Any, Any, Any, Any]
     if isinstance(model, keras.Sequential):
         first = model.inputs[0]
         inputs = keras.Input(shape=first.shape[1:], dtype=first.dtype, name="image")
-        x, embedding, head = inputs, None, None
+        x, embedding, head, tapped = inputs, None, None, {}
         for layer in model.layers:
             if layer.name == HEAD_LAYER:
                 head = x
             x = layer(x)
             if layer.name == embedding_layer:
                 embedding = x
-        return inputs, x, embedding, head
+            if layer.name in taps:
+                tapped[layer.name] = x
+        return inputs, x, embedding, head, [tapped[name] for name in taps]
     return (
         model.inputs[0] if len(model.inputs) == 1 else model.inputs,
         model.outputs[0],
         model.get_layer(embedding_layer).output,
         model.get_layer(HEAD_LAYER).input,
+        [model.get_layer(name).output for name in taps],
     )
 
 
-def view_model(model: keras.Model, config: ModelConfig) -> tuple[keras.Model, ViewLayout]:
+def view_model(
+    model: keras.Model, config: ModelConfig, taps: tuple[str, ...] | None = None
+) -> tuple[keras.Model, ViewLayout]:
     """The view model of a trained classifier (see the module docstring).
 
     Args:
         model: the plain classifier (`load_run_model`'s, or `main_model` of an aux-head model).
         config: its ModelConfig; the registry says which layer is the embedding.
+        taps: the feature maps to tap; default :func:`default_taps` (a fitted detector passes
+            its own, so it scores exactly the columns it was fitted on).
 
     Returns:
         (a Keras model [N, H, W, C] -> float32 [N, units + embedding + head], its layout).
@@ -101,17 +140,31 @@ def view_model(model: keras.Model, config: ModelConfig) -> tuple[keras.Model, Vi
     from tfpipeline.models import get_spec
 
     name = get_spec(config.name).embedding(config)
-    inputs, output, embedding, head = _taps(model, name)
-    parts = [output, embedding] + ([head] if head is not embedding else [])
+    taps = default_taps(model, config) if taps is None else tuple(taps)
+    inputs, output, embedding, head, maps = _taps(model, name, taps)
+    # With taps the embedding columns are no longer the head's input, so the head gets its own.
+    separate_head = head is not embedding or bool(taps)
+    features = [embedding]
+    if taps:
+        means = [
+            keras.layers.GlobalAveragePooling2D(dtype="float32", name=f"ood_tap{i}")(feature_map)
+            for i, feature_map in enumerate(maps)
+        ]
+        blocks = [keras.ops.cast(block, "float32") for block in (*means, embedding)]
+        lengths = [keras.ops.norm(block, axis=-1, keepdims=True) for block in blocks]
+        features = [block / (length + LENGTH_EPSILON) for block, length in zip(blocks, lengths, strict=True)]
+        features.append(keras.ops.log(keras.ops.concatenate(lengths, axis=-1) + LENGTH_EPSILON))
+    parts = [output, *features] + ([head] if separate_head else [])
     as_float = [
         keras.layers.Identity(dtype="float32", name=f"ood_view{i}")(part) for i, part in enumerate(parts)
     ]
     flat = keras.layers.Concatenate(dtype="float32", name="ood_views")(as_float)
     layout = ViewLayout(
         units=int(output.shape[-1]),
-        embedding=int(embedding.shape[-1]),
-        head=int(head.shape[-1]) if head is not embedding else 0,
+        embedding=sum(int(f.shape[-1]) for f in features),
+        head=int(head.shape[-1]) if separate_head else 0,
         embedding_layer=name,
+        taps=taps,
     )
     return keras.Model(inputs, flat, name=f"{model.name}_ood_views"), layout
 
