@@ -53,7 +53,7 @@ def test_group_metrics_equal_sklearn_on_each_subset(tmp_path, caplog):
         read = read_groups(tmp_path / "groups.csv", files)
     assert "1 row(s) name files that are not in the evaluated split" in caplog.text
     rule = DecisionRule.for_classes("0.5", NAMES, "fake")
-    report = group_report(read, y, probs, rule)
+    report = group_report(read, y, probs, rule, bootstrap=100)  # fewer resamples: a quicker test
     entry = report["lighting"]
     assert entry["too_small"] == ["tiny"] and report["unmatched_rows"] == 1
     positive, predicted = (y == 0), probs[:, 0] >= 0.5

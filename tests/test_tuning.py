@@ -334,6 +334,7 @@ def test_distributed_search_on_loopback_chief_and_two_workers(image_folder, tmp_
     assert "chief: serving" in logs["chief"]
 
 
+@pytest.mark.slow  # 27 s of fresh processes; benchmarks/tuner_memory.py measures the same hand-over
 def test_trials_per_process_hands_the_search_over_to_fresh_processes(tmp_path, capsys):
     """3 trials, 1 per process: this process runs one, two fresh processes run the rest."""
     from tfpipeline.cli import main

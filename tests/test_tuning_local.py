@@ -70,6 +70,7 @@ def test_two_workers_on_cpu_finish_the_search_with_the_usual_results(tmp_path):
     assert (tmp_path / "results" / "local" / "best.yaml").is_file()
 
 
+@pytest.mark.slow  # 15 s of process start-ups; run with -m slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPU cores")
 def test_ctrl_c_stops_the_chief_and_every_worker(tmp_path):
     launcher = subprocess.Popen(

@@ -80,6 +80,7 @@ def group_report(
     *,
     min_size: int = MIN_GROUP_SIZE,
     seed: int = 101,
+    bootstrap: int = BOOTSTRAP,
 ) -> dict[str, Any]:
     """Per-group metrics with bootstrap CIs and the largest gaps, per group column.
 
@@ -87,6 +88,9 @@ def group_report(
         groups: from :func:`read_groups` (one column per grouping).
         y_true / probs: class indices and (N, 2) probabilities of the evaluated split.
         rule: the run's binary decision rule (the positive class defines TPR and FPR).
+        min_size: groups with fewer images are listed as too small, without metrics.
+        seed: seeds the bootstrap.
+        bootstrap: resamples per confidence interval.
 
     Returns:
         `{column: {"groups": {name: {...}}, "too_small": [...], "equalized_odds_difference",
@@ -129,11 +133,11 @@ def group_report(
             }
             frame = MetricFrame(
                 metrics=metrics, y_true=positive[keep], y_pred=predicted[keep], sensitive_features=features,
-                n_boot=BOOTSTRAP, ci_quantiles=[0.025, 0.975], random_state=seed,
+                n_boot=bootstrap, ci_quantiles=[0.025, 0.975], random_state=seed,
             )  # fmt: skip
             auc = MetricFrame(
                 metrics={"auc": _auc}, y_true=positive[keep], y_pred=score[keep],
-                sensitive_features=features, n_boot=BOOTSTRAP, ci_quantiles=[0.025, 0.975], random_state=seed,
+                sensitive_features=features, n_boot=bootstrap, ci_quantiles=[0.025, 0.975], random_state=seed,
             )  # fmt: skip
             values = pd.concat([frame.by_group, auc.by_group], axis=1)
             low = pd.concat([frame.by_group_ci[0], auc.by_group_ci[0]], axis=1)
