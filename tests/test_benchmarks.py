@@ -28,6 +28,7 @@ def run_benchmark(script: str, *args: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # benchmark smoke test (13 s); run with -m slow
 def test_input_pipeline_benchmark(class_folder, image_folder):
     result = run_benchmark(
         "input_pipeline.py",
@@ -41,6 +42,7 @@ def test_input_pipeline_benchmark(class_folder, image_folder):
     assert result["reference"] == {"skipped": "skipped by --no-reference"}
 
 
+@pytest.mark.slow  # benchmark smoke test (23 s, several processes); run with -m slow
 def test_train_step_benchmark():
     flags = [
         "--steps",

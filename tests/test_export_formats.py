@@ -170,6 +170,7 @@ def test_load_export_for_predict(export_case, tmp_path):
 # --------------------------------------------------------------------------- benchmark smoke
 
 
+@pytest.mark.slow  # benchmark smoke test (18 s); run with -m slow
 def test_serving_benchmark_quick(export_case):
     binary = export_case("binary")
     completed = subprocess.run(

@@ -140,6 +140,7 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # 34 s of interrupted and resumed searches; run with -m slow
 def test_resume_skips_finished_trials_and_reruns_the_interrupted_one(image_folder, tmp_path):
     from tfpipeline.tuning import run_search
 
@@ -281,6 +282,7 @@ print(json.dumps({"status": list(result.exports.trials["status"])}))
 """
 
 
+@pytest.mark.slow  # 16 s; run with -m slow
 def test_trials_train_under_mirrored_strategy_on_two_logical_cpus(image_folder, tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED)

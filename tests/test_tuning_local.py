@@ -54,6 +54,7 @@ def _env(tmp_path):
     return {**os.environ, "TFPIPELINE_CACHE_DIR": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+@pytest.mark.slow  # a chief and two worker processes, 29 s; run with -m slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPU cores")
 def test_two_workers_on_cpu_finish_the_search_with_the_usual_results(tmp_path):
     done = subprocess.run(
