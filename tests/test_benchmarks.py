@@ -68,3 +68,19 @@ def test_epoch_benchmark(image_folder):
     )
     assert result["tfpipeline"]["epochs"] == 2
     assert 0.0 <= result["tfpipeline"]["best_val_auc"] <= 1.0
+
+
+@pytest.mark.slow  # three tiny trainings in their own processes (~1 min); run with -m slow
+def test_ablation_switches_one_technique_off_and_repeats_the_base(class_folder):
+    result = run_benchmark(
+        "ablation.py", "--data", str(class_folder), "--only", "ema",
+        "--", "--epochs", "1", "--filters", "8,16,16", "--batch-size", "8", "--ood", "none",
+    )  # fmt: skip
+    rows = {row["variant"]: row for row in result["rows"]}
+    assert list(rows) == ["base", "ema", "base_again"]
+    assert rows["ema"]["switched_off_by"] == "--ema 0" and rows["base"]["switched_off_by"] == ""
+    assert result["noise"] == pytest.approx(
+        abs(rows["base"]["val_accuracy_tta"] - rows["base_again"]["val_accuracy_tta"]), abs=1e-4
+    )
+    assert {"model", "cores", "flags"} <= set(result["machine"]["cpu"])
+    assert all(0.0 <= row["val_accuracy_tta"] <= 1.0 and row["train_seconds"] > 0 for row in rows.values())

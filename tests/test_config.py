@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from tfpipeline.cli import main
-from tfpipeline.config import DataConfig, ModelConfig, RunConfig, coerce_scalar, from_dict
+from tfpipeline.config import DataConfig, ModelConfig, RunConfig
+from tfpipeline.config_io import coerce_scalar, from_dict
 from tfpipeline.errors import UserError
 from tfpipeline.tuning.hparams import apply_values
 

@@ -222,6 +222,7 @@ class _Interrupt(keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # 35-43 s (three trainings); EMA checkpoints, TTA export and resume also have fast tests
 def test_an_ema_tta_run_resumes_exactly_and_exports_its_tta(image_folder, tmp_path):
     import json
 

@@ -86,6 +86,32 @@ def test_a_damaged_chunk_is_discarded_and_rebuilt(tmp_path, caplog, damage):
     assert pixel_cache.cached_pixels(paths, SETTINGS, decoder)[1] == {"hits": 4, "decoded": 0}
 
 
+def test_chunks_of_the_older_checksum_still_verify_and_repeated_files_are_served(tmp_path, caplog):
+    import json
+
+    paths = fake_files(tmp_path / "img", 4)
+    decoder = Decoder()
+    expected, _ = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    (index_file,) = [
+        f for f in pixel_cache.PixelStore(SETTINGS).folder.glob("*.json") if f.stem != "settings"
+    ]
+    index = json.loads(index_file.read_text())
+    assert index["algorithm"] == "crc32"
+    # A chunk written before CRC-32 (blake2b, no "algorithm" key) is still read, and still checked.
+    del index["algorithm"]
+    index["checksum"] = pixel_cache._checksum(expected, "blake2b")
+    index_file.write_text(json.dumps(index))
+    twice = [paths[2], paths[0], paths[2]]
+    pixels, counts = pixel_cache.cached_pixels(twice, SETTINGS, decoder)
+    assert counts == {"hits": 3, "decoded": 0} and decoder.decoded == 4
+    np.testing.assert_array_equal(pixels, expected[[2, 0, 2]])
+    index["checksum"] = "0" * 32  # a wrong legacy checksum is damage like any other
+    index_file.write_text(json.dumps(index))
+    with caplog.at_level(logging.WARNING, logger="tfpipeline.data.pixel_cache"):
+        assert pixel_cache.cached_pixels(paths, SETTINGS, decoder)[1] == {"hits": 0, "decoded": 4}
+    assert "damaged chunk" in caplog.text
+
+
 def test_an_unwritable_cache_warns_once_and_still_works(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the cache folder should be")

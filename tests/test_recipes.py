@@ -43,6 +43,12 @@ def test_flags_override_the_recipe_and_unknown_names_are_clear(capsys):
     recipe = build_config("cifar10")
     assert config.train.epochs == 2 and config.train.lr == 0.123
     assert config.model == recipe.model and config.train.schedule == recipe.train.schedule
+    # A switch the recipe turns on can be turned off from the command line (ablations need it).
+    assert recipe.data.augment.flip and recipe.train.nesterov
+    args = build_parser().parse_args(["train", "--recipe", "cifar10", "--no-flip", "--no-nesterov"])
+    switched_off = resolve_run_config(args)
+    assert not switched_off.data.augment.flip and not switched_off.train.nesterov
+    assert switched_off.data.augment.shift == recipe.data.augment.shift
     assert main(["train", "--recipe", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown recipe 'nope'" in err and "assessment" in err and "cifar10" in err

@@ -25,7 +25,8 @@ import pytest
 import yaml
 from conftest import write_split_folder
 
-from tfpipeline.config import DataConfig, ModelConfig, RunConfig, TrainConfig, from_dict
+from tfpipeline.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from tfpipeline.config_io import from_dict
 from tfpipeline.errors import UserError
 from tfpipeline.tuning import distributed
 

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tfpipeline.config import RunConfig, to_dict, write_yaml
+from tfpipeline.config import RunConfig
+from tfpipeline.config_io import to_dict, write_yaml
 from tfpipeline.errors import UserError
 
 FOLD_METRICS = ("roc_auc", "accuracy", "f1", "pr_auc")
@@ -53,6 +54,29 @@ def _cell(value: Any, column: str = "") -> str:
     return str(value)
 
 
+def last_epoch_only(config: RunConfig) -> tuple[RunConfig, str]:
+    """`config` scored on its last epoch, and a sentence saying whether that changed anything.
+
+    In a fold, the validation part IS the held-out data the estimate is computed on. Keeping
+    the best epoch (`--checkpoint best`) or stopping early chooses the epoch by that same data,
+    which makes every fold's score, and so the mean, optimistic. Cross-validation therefore
+    always trains the full number of epochs and scores the last one.
+    """
+    changed = []
+    if config.train.checkpoint == "best":
+        changed.append("--checkpoint best")
+    if config.train.early_stopping:
+        changed.append(f"--early-stopping {config.train.early_stopping}")
+    if not changed:
+        return config, "last epoch"
+    train = dataclasses.replace(config.train, checkpoint="last", early_stopping=0)
+    reason = (
+        f"last epoch, not {' / '.join(changed)}: those choose the epoch on the held-out fold itself "
+        "and would overstate the estimate"
+    )
+    return dataclasses.replace(config, train=train), reason
+
+
 def run_cv(config: RunConfig, folds: int = 5, *, out: str | Path | None = None, recipe: dict | None = None):
     """Train `config` on every fold and summarise the validation metrics.
 
@@ -63,6 +87,8 @@ def run_cv(config: RunConfig, folds: int = 5, *, out: str | Path | None = None, 
             fold), `folds.csv`, `summary.json`, `summary.md`, `config.yaml`.
         recipe: the recipe the config came from (recorded with each run).
 
+    Every fold is scored on its last epoch (:func:`last_epoch_only`); the summary says so.
+
     Raises:
         UserError: `folds` < 2, a class with fewer images than folds, or any training problem.
     """
@@ -72,6 +98,9 @@ def run_cv(config: RunConfig, folds: int = 5, *, out: str | Path | None = None, 
         raise UserError(f"--folds must be at least 2, got {folds}")
     if config.data.fold:
         raise UserError("cv chooses the folds itself; drop --fold")
+    config, selection = last_epoch_only(config)
+    if selection != "last epoch":
+        print(f"[cv] {selection}", flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out) if out else Path(config.train.run_dir) / f"cv-{config.model.name}-{stamp}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,10 +133,12 @@ def run_cv(config: RunConfig, folds: int = 5, *, out: str | Path | None = None, 
         "mean": {c: float(table[c].mean()) for c in numeric},
         "std": {c: float(table[c].std(ddof=1)) for c in numeric},
         "total_train_seconds": float(table["train_seconds"].sum()),
+        "epoch_selection": selection,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     result = CrossValidation(table=table, summary=summary, out_dir=out_dir)
     (out_dir / "summary.md").write_text(
-        f"# {folds}-fold cross-validation: {config.model.name}\n\n{result.markdown()}\n"
+        f"# {folds}-fold cross-validation: {config.model.name}\n\n"
+        f"Each fold scored on its {selection}.\n\n{result.markdown()}\n"
     )
     return result

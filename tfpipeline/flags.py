@@ -29,9 +29,8 @@ from tfpipeline.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
-    from_dict,
-    load_yaml,
 )
+from tfpipeline.config_io import from_dict, load_yaml
 from tfpipeline.errors import UserError
 
 AUGMENT_FIELDS = {f.name for f in fields(AugmentConfig)}
@@ -119,7 +118,7 @@ def add_data_flags(parser: argparse.ArgumentParser, *, with_data: bool = True) -
 
 def add_augment_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("augmentation (training batches only; all off by default)")
-    group.add_argument("--flip", action="store_true", help="random horizontal flips")
+    group.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips")
     group.add_argument(
         "--shift",
         type=int,
@@ -146,8 +145,12 @@ def add_augment_flags(parser: argparse.ArgumentParser) -> None:
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", help="registry name (see `tfpipeline models`); default small_cnn")
-    group.add_argument("--batchnorm", action="store_true", help="small_cnn: batch norm after blocks 1-2")
-    group.add_argument("--dropout", action="store_true", help="dropout after the first dense layers")
+    group.add_argument(
+        "--batchnorm", action=argparse.BooleanOptionalAction, help="small_cnn: batch norm after blocks 1-2"
+    )
+    group.add_argument(
+        "--dropout", action=argparse.BooleanOptionalAction, help="dropout after the first dense layers"
+    )
     group.add_argument("--dropout-rate", type=float, help="default 0.2")
     group.add_argument("--filters", type=parse_ints, help="conv widths, e.g. 16,32,64,64")
     group.add_argument("--dense-units", type=parse_ints, help="dense head widths, e.g. 128,64,32")
@@ -185,7 +188,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd")
     group.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     group.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    group.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    group.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (SGD)")
     group.add_argument(
         "--weight-decay", type=float, help="decoupled weight decay (default: adamw 1e-4, else 0)"
     )

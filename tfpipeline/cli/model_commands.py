@@ -130,7 +130,7 @@ def report_training(result) -> None:
 
 
 def _stored(run) -> dict:
-    from tfpipeline.config import load_yaml
+    from tfpipeline.config_io import load_yaml
 
     return load_yaml(run.config_file)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from tfpipeline.config import to_dict
+from tfpipeline.config_io import to_dict
 from tfpipeline.training.run_folder import jsonable
 
 SCHEMA_VERSION = 1

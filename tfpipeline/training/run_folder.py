@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfpipeline.config import RunConfig, from_dict, load_yaml, to_dict, write_yaml
+from tfpipeline.config import RunConfig
+from tfpipeline.config_io import from_dict, load_yaml, to_dict, write_yaml
 from tfpipeline.errors import UserError
 
 

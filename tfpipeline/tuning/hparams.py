@@ -14,7 +14,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from tfpipeline.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, coerce_scalar
+from tfpipeline.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from tfpipeline.config_io import coerce_scalar
 from tfpipeline.errors import UserError
 
 # name -> (section, field); section "augment" is data.augment.

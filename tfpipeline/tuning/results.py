@@ -25,7 +25,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tfpipeline.config import RunConfig, to_dict
+from tfpipeline.config import RunConfig
+from tfpipeline.config_io import to_dict
 from tfpipeline.errors import UserError
 from tfpipeline.evaluation.plots import save_figure
 

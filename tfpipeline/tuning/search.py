@@ -21,7 +21,8 @@ from typing import Any
 import keras_tuner
 
 import tfpipeline
-from tfpipeline.config import RunConfig, to_dict
+from tfpipeline.config import RunConfig
+from tfpipeline.config_io import to_dict
 from tfpipeline.errors import UserError
 from tfpipeline.training.metrics import monitor_metric
 from tfpipeline.tuning import distributed, results

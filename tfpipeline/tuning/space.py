@@ -25,7 +25,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tfpipeline.config import RunConfig, coerce_scalar, load_yaml
+from tfpipeline.config import RunConfig
+from tfpipeline.config_io import coerce_scalar, load_yaml
 from tfpipeline.errors import UserError
 from tfpipeline.tuning.hparams import (
     TUPLE_TARGETS,
