@@ -42,7 +42,11 @@ TECHNIQUES = {
         ["--init", "default"],
         lambda c: c.model.name == "fast_resnet",
     ),
-    "gelu": ("GELU (off: ReLU)", ["--activation", "relu"], lambda c: c.model.name == "fast_resnet"),
+    "gelu": (
+        "GELU (off: ReLU)",
+        ["--activation", "relu"],
+        lambda c: c.model.name == "fast_resnet" and c.model.activation != "relu",  # auto: GELU
+    ),
     "head_scale": ("logits x 1/9 (off: x 1)", ["--head-scale", "1"], lambda c: c.model.name == "fast_resnet"),
     "nesterov": ("Nesterov momentum", ["--no-nesterov"], lambda c: c.train.nesterov),
     "weight_decay": ("decoupled weight decay", ["--weight-decay", "0"], lambda c: bool(c.train.weight_decay)),

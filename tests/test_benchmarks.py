@@ -73,14 +73,28 @@ def test_epoch_benchmark(image_folder):
 @pytest.mark.slow  # three tiny trainings in their own processes (~1 min); run with -m slow
 def test_ablation_switches_one_technique_off_and_repeats_the_base(class_folder):
     result = run_benchmark(
-        "ablation.py", "--data", str(class_folder), "--only", "ema",
+        "ablation.py", "--data", str(class_folder), "--only", "label_smoothing",
         "--", "--epochs", "1", "--filters", "8,16,16", "--batch-size", "8", "--ood", "none",
     )  # fmt: skip
     rows = {row["variant"]: row for row in result["rows"]}
-    assert list(rows) == ["base", "ema", "base_again"]
-    assert rows["ema"]["switched_off_by"] == "--ema 0" and rows["base"]["switched_off_by"] == ""
+    assert list(rows) == ["base", "label_smoothing", "base_again"]
+    assert rows["label_smoothing"]["switched_off_by"] == "--label-smoothing 0"
+    assert rows["base"]["switched_off_by"] == ""
     assert result["noise"] == pytest.approx(
         abs(rows["base"]["val_accuracy_tta"] - rows["base_again"]["val_accuracy_tta"]), abs=1e-4
     )
     assert {"model", "cores", "flags"} <= set(result["machine"]["cpu"])
     assert all(0.0 <= row["val_accuracy_tta"] <= 1.0 and row["train_seconds"] > 0 for row in rows.values())
+
+
+@pytest.mark.slow  # two tiny 2-trial searches in one process (~1 min); run with -m slow
+def test_tuner_decode_benchmark_decodes_once_then_reads(image_folder):
+    result = run_benchmark(
+        "tuner_decode.py", "--data", str(image_folder), "--trials", "2", "--image-size", "32", "--epochs", "1"
+    )
+    empty, filled = result["searches"]["empty_cache"], result["searches"]["filled_cache"]
+    assert empty["trials"] == filled["trials"] == 2 and len(empty["trial_seconds"]) == 2
+    assert empty["decode_seconds"] > 0  # the data check's pass, which also writes the cache
+    # The second search reads what the first stored: no decoding, no header checks.
+    assert filled["decode_seconds"] == 0 and filled["header_check_seconds"] == 0
+    assert 0 < filled["pixel_share"] < 1 and {"model", "cores", "flags"} <= set(result["cpu"])

@@ -64,6 +64,7 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
         (["--threshold", "1.5"], "--threshold"),
         (["--model", "nope"], "nope"),
         (["--epochs", "0"], "--epochs"),
+        (["--epoch-figures", "-1"], "--epoch-figures"),
     ],
 )
 def test_bad_train_options_exit_2(flags, message, capsys):

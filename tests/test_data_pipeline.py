@@ -233,6 +233,23 @@ def test_cache_modes_give_identical_batches(image_folder, tmp_path, cache):
         assert list((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.parametrize("epochs", [None, (1, 3)])
+def test_in_memory_batches_equal_streamed_batches_in_training_order(image_folder, epochs):
+    """Batches gathered from in-memory pixels (the pixel cache) are the ones a streamed
+    pipeline yields with the same seed: same images, labels and order, epoch after epoch."""
+    split, config = train_split(image_folder, batch_size=3, seed=11)
+    common = {"scaling": "raw", "training": True, "num_classes": 2, "epochs": epochs}
+    gathered = build_dataset(split, config, **common)
+    streamed = build_dataset(split, replace(config, cache="none"), **common)
+    passes = 1 if epochs else 2  # without `epochs` every pass is a new epoch
+    for _ in range(passes):
+        got, want = batches(gathered), batches(streamed)
+        assert len(got) == len(want) == (2 if epochs else 1) * -(-len(split) // 3)
+        for (x, y), (wx, wy) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(x, wx)
+            np.testing.assert_array_equal(y, wy)
+
+
 def test_file_cache_is_not_reused_for_other_settings(image_folder, tmp_path):
     split, config = train_split(image_folder, cache=str(tmp_path / "c"))
     first = batches(build_dataset(split, config, scaling="unit", training=False, num_classes=2))

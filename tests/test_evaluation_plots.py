@@ -284,3 +284,33 @@ def test_summary_missing_keys_fail_clearly():
     del facts["model_name"], facts["val_metrics"]
     with pytest.raises(ValueError, match="model_name, val_metrics"):
         write_summary(facts)
+
+
+# ----------------------------------------------------------------------------- epoch figures
+
+
+def test_epoch_figures_log_every_n_epochs_and_the_last(tmp_path):
+    """`--epoch-figures 2` over 5 epochs logs the ROC and confusion images at epochs 2, 4 and 5."""
+    import keras
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tfpipeline.decision import DecisionRule
+    from tfpipeline.evaluation.callbacks import EpochFigures
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = np.arange(16) % 3
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(8)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rule = DecisionRule.for_classes("0.5", ["a", "b", "c"])
+    callback = EpochFigures(tmp_path, dataset, y, ["a", "b", "c"], rule, every=2)
+    model.fit(x, y, epochs=5, verbose=0, callbacks=[callback])
+
+    events = EventAccumulator(str(tmp_path / "validation_figures"), size_guidance={"images": 0}).Reload()
+    for tag in ("roc", "confusion_matrix"):
+        steps = [event.step for event in events.Tensors(tag)]
+        assert steps == [1, 3, 4], tag  # 0-based epochs: the 2nd, the 4th, and the last (5th)
+    with pytest.raises(ValueError, match="every"):
+        EpochFigures(tmp_path, dataset, y, ["a", "b", "c"], rule, every=0)

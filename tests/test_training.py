@@ -76,6 +76,15 @@ def test_cli_train_writes_every_artifact(image_folder, tmp_path, capsys):
     assert info["data"]["counts"]["train"] == {"blue": 8, "red": 8}
 
 
+def test_epoch_figures_0_skips_the_per_epoch_figures_but_not_the_final_plots(image_folder):
+    from tfpipeline.workflow import run_training
+
+    result = run_training(tiny_config(image_folder, epochs=1, epoch_figures=0, ood="none"))
+    assert not (result.run.tensorboard_dir / "validation_figures").exists()
+    assert (result.run.plots_dir / "roc_val.png").is_file()
+    assert result.run.read_config().train.epoch_figures == 0
+
+
 def test_epoch_metrics_agree_with_sklearn(image_folder):
     """The last epoch's val_* columns equal scikit-learn on the last checkpoint's predictions."""
     result = train(tiny_config(image_folder, epochs=2))

@@ -244,6 +244,9 @@ class TrainConfig:
         ood: the out-of-domain detector fitted after training (:mod:`tfpipeline.ood`):
             `mahalanobis`, `energy`, `msp`, `autoencoder`, or `none`.
         ood_accept: share of in-domain validation images the detector's threshold accepts.
+        epoch_figures: log the validation ROC and confusion-matrix images to TensorBoard every
+            this many epochs and at the last one (0: never; the run's plots/ always get the
+            final ones). Each costs one more pass over the validation split.
     """
 
     epochs: int = 10
@@ -268,6 +271,7 @@ class TrainConfig:
     steps_per_execution: int = 1
     ood: str = "mahalanobis"
     ood_accept: float = 0.95
+    epoch_figures: int = 1
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -294,6 +298,8 @@ class TrainConfig:
             raise UserError(f"--ema is a decay in [0, 1) (e.g. 0.999; 0: off), got {self.ema}")
         _choice("class_weight", self.class_weight, ("none", "balanced"))
         check_policy(self.threshold)
+        if self.epoch_figures < 0:
+            raise UserError(f"--epoch-figures is a number of epochs (0: never), got {self.epoch_figures}")
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.lr <= 0:

@@ -225,6 +225,12 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--run-dir", help="parent folder of run folders (default runs)")
     group.add_argument("--steps-per-execution", type=int, help="batches per compiled step (default 1)")
     group.add_argument(
+        "--epoch-figures",
+        type=int,
+        metavar="N",
+        help="TensorBoard ROC/confusion images every N epochs and at the last (default 1; 0: never)",
+    )
+    group.add_argument(
         "--ood",
         choices=(*OOD_METHODS, "none"),
         help="out-of-domain detector fitted after training (default mahalanobis; none: skip)",

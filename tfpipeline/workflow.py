@@ -14,6 +14,7 @@ nothing upstream imports it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,7 +66,9 @@ class RunResult:
     ood: Detector | None = None
 
 
-def _figures_callback(bundle: DataBundle, run: RunFolder, prepared: Prepared) -> keras.callbacks.Callback:
+def _figures_callback(
+    bundle: DataBundle, run: RunFolder, prepared: Prepared, *, every: int
+) -> keras.callbacks.Callback:
     from tfpipeline.evaluation.callbacks import EpochFigures
 
     return EpochFigures(
@@ -74,6 +77,7 @@ def _figures_callback(bundle: DataBundle, run: RunFolder, prepared: Prepared) ->
         bundle.splits["val"].labels,
         bundle.info.class_names,
         prepared.epoch_rule,
+        every=every,
     )
 
 
@@ -125,7 +129,9 @@ def run_training(
     from tfpipeline.evaluation.run_report import predict_split, write_run_report
     from tfpipeline.models.tta import with_tta
 
-    factories = [_figures_callback, *extra_callbacks]
+    factories = list(extra_callbacks)
+    if config.train.epoch_figures > 0:
+        factories.insert(0, functools.partial(_figures_callback, every=config.train.epoch_figures))
     if config.data.augment.synth_fakes > 0 and not resume:
         factories.append(
             lambda bundle, run, prepared: _SynthesizedFakes(bundle, run, config, prepared.scaling)

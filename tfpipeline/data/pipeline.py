@@ -76,13 +76,17 @@ def decode_files(paths: list[str], config: DataConfig) -> np.ndarray:
     return np.concatenate([batch.numpy() for batch in dataset])
 
 
-def pixel_source(split: Split, config: DataConfig) -> tuple[tf.data.Dataset, bool]:
-    """The split's (uint8 image, label) pairs and whether they already sit in memory.
+def pixel_array(split: Split, config: DataConfig) -> np.ndarray | None:
+    """The split's uint8 pixels [N, H, W, C] at the config's size, when they sit in memory.
 
     Image files with the default `cache="memory"` come from the persistent pixel cache
     (:mod:`~tfpipeline.data.pixel_cache`): decoded once, on the first run that needs them, and
-    read back by every later run, trial and fold. Everything else streams through
-    :func:`decoded_images` and is cached by tf.data as `config.cache` says.
+    read back by every later run, trial and fold. In-memory images (embedded data) are returned
+    as they are when already at the size and channels, resized once otherwise.
+
+    Returns:
+        The array, or None for splits that stream (TFDS datasets, other `--cache` settings,
+        or the pixel cache switched off): :func:`decoded_images` serves those.
     """
     if split.from_files and config.cache == "memory" and pixel_cache.enabled():
         pixels, counts = pixel_cache.cached_pixels(
@@ -92,8 +96,62 @@ def pixel_source(split: Split, config: DataConfig) -> tuple[tf.data.Dataset, boo
             log.info(
                 "pixel cache: decoded %d image(s), read %d from the cache", counts["decoded"], counts["hits"]
             )
-        return tf.data.Dataset.from_tensor_slices((pixels, split.labels)), True
-    return decoded_images(split, config), False
+        return pixels
+    if split.images is not None:
+        if split.images.dtype == np.uint8 and split.images.shape[1:] == (*config.image_size, config.channels):
+            return split.images
+        return np.concatenate(
+            [np.zeros((0, *config.image_size, config.channels), np.uint8)]
+            + [images for images, _ in decoded_images(split, config).batch(256).as_numpy_iterator()]
+        )
+    return None
+
+
+def _shuffled_batches(
+    dataset: tf.data.Dataset,
+    size: int,
+    *,
+    training: bool,
+    epochs: tuple[int, int] | None,
+    batch_size: int,
+    seed: int,
+) -> tf.data.Dataset:
+    """Batches of `dataset` (images, or indices of in-memory images) in training or file order."""
+    if training and epochs is not None:
+        # One seeded shuffle per epoch, keyed by the epoch number, so a resumed run sees exactly
+        # the batches an uninterrupted run would. All epochs share whatever cache sits below.
+        return tf.data.Dataset.range(*epochs).flat_map(
+            lambda epoch: dataset.shuffle(size, seed=seed * 100_003 + epoch).batch(batch_size)
+        )
+    if training:
+        return dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    return dataset.batch(batch_size)
+
+
+def _gathered_batches(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    targets: np.ndarray | None,
+    batch_order: tf.data.Dataset,
+) -> tf.data.Dataset:
+    """Batches gathered by index from in-memory pixels: the one copy an epoch needs.
+
+    Shuffling indices instead of images keeps the shuffle buffer tiny and copies each image
+    once per epoch (straight into its batch), where a shuffle of the images themselves copies
+    every image into and out of the buffer. A seeded shuffle draws the same permutation either
+    way, so runs see the same batches as before.
+    """
+    images = tf.constant(pixels)
+    label_tensor = tf.constant(labels)
+    target_tensor = None if targets is None else tf.constant(targets)
+
+    def gather(indices):
+        batch_labels = tf.gather(label_tensor, indices)
+        if target_tensor is not None:
+            batch_labels = (batch_labels, tf.gather(target_tensor, indices))
+        return tf.gather(images, indices), batch_labels
+
+    return batch_order.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def cache_path(split: Split, config: DataConfig, cache_name: str) -> str:
@@ -154,28 +212,23 @@ def build_dataset(
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {LABEL_MODES}")
-    dataset, in_memory = pixel_source(split, config)
-    if config.cache == "memory" and not in_memory:
-        dataset = dataset.cache()
-    elif config.cache not in ("memory", "none"):
-        dataset = dataset.cache(cache_path(split, config, cache_name))
-    if region_targets:
-        targets = tf.data.Dataset.from_tensor_slices(
-            region_targets_of(split, class_names, config.augment.fake_class)
-        )
-        dataset = tf.data.Dataset.zip((dataset, targets)).map(lambda pair, t: (pair[0], (pair[1], t)))
-    if training and epochs is not None:
-        # One seeded shuffle per epoch, keyed by the epoch number, so a resumed run sees exactly
-        # the batches an uninterrupted run would. All epochs share the cache above.
-        cached, size, batch_size, seed = dataset, len(split), config.batch_size, config.seed
-        dataset = tf.data.Dataset.range(*epochs).flat_map(
-            lambda epoch: cached.shuffle(size, seed=seed * 100_003 + epoch).batch(batch_size)
-        )
-    elif training:
-        dataset = dataset.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(config.batch_size)
+    batching = {"training": training, "epochs": epochs, "batch_size": config.batch_size, "seed": config.seed}
+    targets = region_targets_of(split, class_names, config.augment.fake_class) if region_targets else None
+    pixels = pixel_array(split, config)
+    if pixels is not None:
+        order = _shuffled_batches(tf.data.Dataset.range(len(split)), len(split), **batching)
+        dataset = _gathered_batches(pixels, split.labels, targets, order)
     else:
-        dataset = dataset.batch(config.batch_size)
+        dataset = decoded_images(split, config)
+        if config.cache == "memory":
+            dataset = dataset.cache()
+        elif config.cache != "none":
+            dataset = dataset.cache(cache_path(split, config, cache_name))
+        if targets is not None:
+            dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(targets))).map(
+                lambda pair, t: (pair[0], (pair[1], t))
+            )
+        dataset = _shuffled_batches(dataset, len(split), **batching)
     augmenter = make_augmenter(config.augment, config.seed) if training else None
     blender = make_blender(config.augment, tuple(class_names), config.seed) if training else None
     window = RandomWindow(config.crop, seed=config.seed + 8) if training and config.crop else None

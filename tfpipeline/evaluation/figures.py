@@ -124,7 +124,7 @@ def synthesized_fakes_figure(
     import tensorflow as tf
 
     from tfpipeline.data.blend import SelfBlend
-    from tfpipeline.data.pipeline import pixel_source
+    from tfpipeline.data.pipeline import decoded_images, pixel_array
     from tfpipeline.data.regions import REGIONS
     from tfpipeline.evaluation.plots import plot_image_grid, save_figure
 
@@ -132,8 +132,11 @@ def synthesized_fakes_figure(
     real_rows = np.flatnonzero(split.labels != fake)[:count]
     keep = np.zeros(len(split), bool)
     keep[real_rows] = True
-    dataset, _ = pixel_source(split.subset(keep), config)
-    faces = np.stack([image for image, _ in dataset.as_numpy_iterator()]).astype(np.float32)
+    subset = split.subset(keep)
+    faces = pixel_array(subset, config)
+    if faces is None:  # a streamed split: decode the few faces shown
+        faces = np.stack([image for image, _ in decoded_images(subset, config).as_numpy_iterator()])
+    faces = faces.astype(np.float32)
     blend = SelfBlend(1.0, real_index=1 - fake, fake_index=fake, seed=config.seed + 7)
     made, _, regions = blend(tf.constant(faces), tf.fill([len(faces)], 1 - fake))
     made = made.numpy()
