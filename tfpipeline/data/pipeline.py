@@ -154,6 +154,17 @@ def _gathered_batches(
     return batch_order.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def cached_stream(split: Split, config: DataConfig, cache_name: str) -> tf.data.Dataset:
+    """:func:`decoded_images` behind the tf.data cache `config.cache` asks for (for splits that
+    :func:`pixel_array` cannot hold): in memory, in files named by :func:`cache_path`, or none."""
+    dataset = decoded_images(split, config)
+    if config.cache == "memory":
+        return dataset.cache()
+    if config.cache != "none":
+        return dataset.cache(cache_path(split, config, cache_name))
+    return dataset
+
+
 def cache_path(split: Split, config: DataConfig, cache_name: str) -> str:
     """On-disk cache prefix `<--cache>-<cache_name>-<key>`, creating its folder.
 
@@ -219,11 +230,7 @@ def build_dataset(
         order = _shuffled_batches(tf.data.Dataset.range(len(split)), len(split), **batching)
         dataset = _gathered_batches(pixels, split.labels, targets, order)
     else:
-        dataset = decoded_images(split, config)
-        if config.cache == "memory":
-            dataset = dataset.cache()
-        elif config.cache != "none":
-            dataset = dataset.cache(cache_path(split, config, cache_name))
+        dataset = cached_stream(split, config, cache_name)
         if targets is not None:
             dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(targets))).map(
                 lambda pair, t: (pair[0], (pair[1], t))

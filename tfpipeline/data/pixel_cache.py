@@ -150,6 +150,7 @@ class PixelStore:
 
         When one chunk holds exactly `keys`, the pixels are that chunk's read-only memory map.
         """
+        keys = list(keys)
         wanted: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             wanted.setdefault(key, []).append(i)
@@ -157,7 +158,7 @@ class PixelStore:
         found = np.zeros(len(keys), bool)
         for index_file, index in self._chunks():
             chunk_keys = index.get("keys", ())
-            if list(chunk_keys) == list(keys):
+            if chunk_keys == keys:
                 # The same files in the same order (a run over the same split again): the
                 # verified, read-only mapped chunk itself, with no copy; a copy into tf.data
                 # follows anyway.

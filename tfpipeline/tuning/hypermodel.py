@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline.config import RunConfig
-from tfpipeline.data.pipeline import build_dataset, cache_path, decoded_images, pixel_array
+from tfpipeline.data.pipeline import build_dataset, cached_stream, pixel_array
 from tfpipeline.data.split import Split
 from tfpipeline.training.fit import Prepared, build_compiled_model, fit_model, prepare
 from tfpipeline.tuning import space as space_module
@@ -56,11 +56,7 @@ class TrialData:
                 if pixels is not None:  # every trial gathers its batches from these
                     self._decoded[name] = Split(labels=split.labels, images=pixels)
                     continue
-                dataset = decoded_images(split, config)
-                if config.cache == "memory":
-                    dataset = dataset.cache()
-                elif config.cache != "none":
-                    dataset = dataset.cache(cache_path(split, config, f"tune-{name}"))
+                dataset = cached_stream(split, config, f"tune-{name}")
                 self._decoded[name] = Split(labels=split.labels, dataset=dataset)
         return self._decoded
 
