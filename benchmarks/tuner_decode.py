@@ -8,7 +8,9 @@ later search, run or fold). Decoding, cache reads and cache writes are timed whe
 (the data check's decoding pass, which also fills the cache; `decode_files`; header checks;
 `PixelStore.lookup` and `.store`) and divided by the search's wall time.
 Every trial after the data is prepared gathers its batches from the same in-memory pixels, so
-trials themselves decode nothing; the share below is the whole search's.
+trials themselves decode nothing; each copies those pixels into one TensorFlow tensor, timed as
+`pixel_copy` (`pipeline._gathered_batches`, whose dataset is built lazily around that copy). The
+share below is the whole search's.
 
     python benchmarks/tuner_decode.py [--data DIR] [--trials 10] [--image-size 128] [--epochs 2]
 
@@ -44,6 +46,7 @@ def timed_pixel_work(seconds: dict[str, float]):
         ("header_check", check, "inspect_header"),
         ("cache_read", pixel_cache.PixelStore, "lookup"),
         ("cache_write", pixel_cache.PixelStore, "store"),
+        ("pixel_copy", pipeline, "_gathered_batches"),  # each trial's copy of the pixels into TF
     }
     saved = {(owner, attr): getattr(owner, attr) for _, owner, attr in timed}
     depth = [0]
@@ -110,6 +113,7 @@ def search_once(args, label: str, directory: str) -> dict:
         "header_check_seconds": round(seconds["header_check"], 2),
         "cache_read_seconds": round(seconds["cache_read"], 2),
         "cache_write_seconds": round(seconds["cache_write"], 2),
+        "pixel_copy_seconds": round(seconds["pixel_copy"], 2),
         "pixel_share": round(pixel_seconds / wall, 4),
     }
     print(f"{label}: {report}", file=sys.stderr, flush=True)

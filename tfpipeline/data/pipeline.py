@@ -73,7 +73,13 @@ def decode_files(paths: list[str], config: DataConfig) -> np.ndarray:
         .batch(256)
         .prefetch(tf.data.AUTOTUNE)
     )
-    return np.concatenate([batch.numpy() for batch in dataset])
+    # Filled batch by batch: concatenating the batches would hold every pixel twice at the end.
+    pixels = np.empty((len(paths), *size, channels), np.uint8)
+    start = 0
+    for batch in dataset:
+        pixels[start : start + batch.shape[0]] = batch.numpy()
+        start += batch.shape[0]
+    return pixels
 
 
 def pixel_array(split: Split, config: DataConfig) -> np.ndarray | None:

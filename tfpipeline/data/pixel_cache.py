@@ -256,7 +256,10 @@ def cached_pixels(
     missing = np.flatnonzero(~found)
     if len(missing):
         fresh = decode([paths[i] for i in missing])
-        pixels[missing] = fresh
+        if len(missing) == len(paths):
+            pixels = fresh  # nothing cached (a first run): the decoded array is the result
+        else:
+            pixels[missing] = fresh
         store.store([keys[i] for i in missing], fresh)
     return pixels, {"hits": int(found.sum()), "decoded": int(len(missing))}
 
