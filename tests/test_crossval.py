@@ -3,14 +3,18 @@ never chooses its epoch on the held-out fold."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from tfpipeline.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tfpipeline.config_io import load_yaml
-from tfpipeline.crossval import last_epoch_only, run_cv
+from tfpipeline.crossval import last_epoch_only, pooled_breakdown, run_cv
 from tfpipeline.errors import UserError
 
 
@@ -46,3 +50,47 @@ def test_every_fold_trains_on_the_rest_and_the_summary_is_their_mean(class_folde
     assert "Each fold scored on its last epoch" in (result.out_dir / "summary.md").read_text()
     with pytest.raises(UserError, match="at least 2"):
         run_cv(config, 1)
+
+
+def test_fakes_named_like_ciplab_are_counted_per_difficulty_over_all_folds(tmp_path):
+    rng = np.random.default_rng(5)
+    grades = ("easy", "mid", "hard")
+    for cls in ("fake", "real"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(12):
+            name = f"{grades[i % 3]}_{i}_{i % 2}01{(i + 1) % 2}.jpg" if cls == "fake" else f"real_{i}.jpg"
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / cls / name
+            )
+    config = _config(tmp_path / "data", tmp_path)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, positive_class="fake"))
+    result = run_cv(config, 2, out=tmp_path / "cv")
+    held_out_fakes = sum(
+        (pd.read_csv(f"{run}/splits/val.csv")["path"].str.contains("/fake/")).sum()
+        for run in result.table["run"]
+    )
+    pooled = result.summary["breakdown"]["difficulty"]
+    assert sum(row["count"] for row in pooled.values()) == held_out_fakes  # each fake judged once
+    for row in pooled.values():
+        assert 0 <= row["detected"] <= row["count"] and row["recall"] == pytest.approx(
+            row["detected"] / row["count"]
+        )
+    fold_counts = [
+        json.loads(Path(run, "metrics.json").read_text())["val"]["breakdown"]["difficulty"]["hard"]["count"]
+        for run in result.table["run"]
+    ]
+    assert sum(fold_counts) == pooled["hard"]["count"]
+    assert "| fakes by difficulty (all folds) |" in (tmp_path / "cv" / "summary.md").read_text()
+
+
+def test_pooled_breakdown_sums_counts_and_averages_fold_aucs():
+    def fold(count, detected, auc):
+        row = {"count": count, "detected": detected, "recall": None, "auc": auc}
+        return {"difficulty": {"easy": row}, "region": {"nose": row}}
+
+    pooled = pooled_breakdown([fold(4, 1, 0.6), fold(6, 5, 0.8), fold(0, 0, None)])
+    easy = pooled["difficulty"]["easy"]
+    assert (easy["count"], easy["detected"], easy["recall"]) == (10, 6, 0.6)
+    assert easy["auc_mean"] == pytest.approx(0.7) and easy["auc_std"] == pytest.approx(
+        np.std([0.6, 0.8], ddof=1)
+    )

@@ -5,7 +5,9 @@ Fold k trains the same configuration with `--fold k/N`: its train and validation
 k's parts of a stratified, seeded N-fold partition of the data's train+val images (the test
 split, when there is one, is never touched). Every fold is an ordinary run folder under
 `OUT/runs/`; the decoded pixels are shared between folds by the pixel cache. The summary is one
-row per fold (AUC, accuracy, F1, training seconds) plus the mean and standard deviation.
+row per fold (AUC, accuracy, F1, training seconds) plus the mean and standard deviation, and,
+when the fakes are named like CIPLAB's, their detection per difficulty and per edited region over
+all folds (every image is held out exactly once, so the counts cover train+val).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def run_cv(config: RunConfig, folds: int = 5, *, out: str | Path | None = None, 
     out_dir = Path(out) if out else Path(config.train.run_dir) / f"cv-{config.model.name}-{stamp}"
     out_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(out_dir / "config.yaml", to_dict(config))
-    rows = []
+    rows, breakdowns = [], []
     for k in range(1, folds + 1):
         fold_config = dataclasses.replace(
             config,
@@ -115,6 +117,8 @@ def run_cv(config: RunConfig, folds: int = 5, *, out: str | Path | None = None, 
         print(f"\n[cv] fold {k}/{folds}", flush=True)
         result = run_training(fold_config, recipe=recipe)
         val = result.metrics["val"]
+        if val.get("breakdown"):
+            breakdowns.append(val["breakdown"])
         rows.append(
             {
                 "fold": k,
@@ -135,10 +139,59 @@ def run_cv(config: RunConfig, folds: int = 5, *, out: str | Path | None = None, 
         "total_train_seconds": float(table["train_seconds"].sum()),
         "epoch_selection": selection,
     }
+    if breakdowns:
+        summary["breakdown"] = pooled_breakdown(breakdowns)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     result = CrossValidation(table=table, summary=summary, out_dir=out_dir)
     (out_dir / "summary.md").write_text(
         f"# {folds}-fold cross-validation: {config.model.name}\n\n"
         f"Each fold scored on its {selection}.\n\n{result.markdown()}\n"
+        + pooled_breakdown_table(summary.get("breakdown", {}))
     )
     return result
+
+
+def pooled_breakdown(breakdowns: list[dict[str, Any]]) -> dict[str, Any]:
+    """The folds' per-difficulty / per-region detection (:func:`fake_breakdown`) over all folds.
+
+    Counts and detections are summed (each fake is held out by exactly one fold, and judged by
+    that fold's own decision threshold), so `recall` is the share of all fakes caught; the AUC
+    of a group against the reals is averaged over the folds that have the group (mean and std),
+    since scores of different folds' models are not on one scale.
+    """
+    pooled: dict[str, Any] = {}
+    for kind in ("difficulty", "region"):
+        pooled[kind] = {}
+        for name in breakdowns[0][kind]:
+            rows = [b[kind][name] for b in breakdowns if name in b.get(kind, {})]
+            count = sum(r["count"] for r in rows)
+            detected = sum(r["detected"] for r in rows)
+            aucs = [r["auc"] for r in rows if r["auc"] is not None]
+            pooled[kind][name] = {
+                "count": count,
+                "detected": detected,
+                "recall": detected / count if count else None,
+                "auc_mean": float(np.mean(aucs)) if aucs else None,
+                "auc_std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else None,
+            }
+    return pooled
+
+
+def pooled_breakdown_table(pooled: dict[str, Any]) -> str:
+    """Markdown tables of :func:`pooled_breakdown` (empty string without one)."""
+    if not pooled:
+        return ""
+    lines = []
+    for kind in ("difficulty", "region"):
+        lines += [
+            "",
+            f"| fakes by {kind} (all folds) | count | detected | recall | AUC vs reals (folds) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, row in pooled[kind].items():
+            recall = "–" if row["recall"] is None else f"{row['recall']:.3f}"
+            auc = "–" if row["auc_mean"] is None else f"{row['auc_mean']:.3f}"
+            if row["auc_std"] is not None:
+                auc += f" ± {row['auc_std']:.3f}"
+            lines.append(f"| {name} | {row['count']} | {row['detected']} | {recall} | {auc} |")
+    return "\n".join(lines) + "\n"

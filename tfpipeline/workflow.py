@@ -160,6 +160,12 @@ def run_training(
         info,
         config.train.threshold,
         planned_epochs=config.train.epochs,
+        paths={
+            split: result.bundle.splits[split].paths
+            for split in predictions
+            if result.bundle.splits[split].from_files
+        },
+        fake_class=config.data.augment.fake_class,
     )
     detector = _fit_ood(result, config)
     return RunResult(

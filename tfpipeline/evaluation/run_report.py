@@ -7,6 +7,7 @@ applied unchanged to the test split, so test numbers stay honest.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tfpipeline.decision import DecisionRule
+from tfpipeline.evaluation.breakdown import fake_breakdown
 from tfpipeline.evaluation.metrics import classification_metrics
 from tfpipeline.evaluation.plots import (
     plot_confusion_matrix,
@@ -67,6 +69,9 @@ def write_run_report(
     info,
     policy: str,
     planned_epochs: int | None = None,
+    *,
+    paths: Mapping[str, Sequence[str]] | None = None,
+    fake_class: str | None = None,
 ) -> dict:
     """Write metrics.json and the standard PNGs into the run folder; return the metrics.
 
@@ -77,6 +82,10 @@ def write_run_report(
         info: the run's DataInfo (class names, positive class, train prior).
         policy: the threshold policy from the run's config.
         planned_epochs: the configured epochs, so the curves mark an early stop.
+        paths: split name -> its files in prediction order, for splits read from files; with
+            `fake_class`, a split whose fakes are named like CIPLAB's also gets its per-difficulty
+            and per-region detection (`breakdown`, as `tfpipeline evaluate` reports it).
+        fake_class: the name of the fake class.
     """
     class_names = list(info.class_names)
     rule = resolve_rule(policy, info, predictions["val"])
@@ -87,6 +96,10 @@ def write_run_report(
     )
     for split, pred in predictions.items():
         metrics[split] = classification_metrics(pred.y_true, pred.probs, class_names, rule=rule)
+        if fake_class and paths and split in paths:
+            breakdown = fake_breakdown(paths[split], pred.y_true, pred.probs, rule, class_names, fake_class)
+            if breakdown:
+                metrics[split]["breakdown"] = breakdown
         save_figure(
             plot_confusion_matrix(pred.y_true, rule.predict(pred.probs), class_names),
             run.plots_dir / f"confusion_{split}.png",
