@@ -63,7 +63,11 @@ def test_fakes_named_like_ciplab_are_counted_per_difficulty_over_all_folds(tmp_p
                 tmp_path / "data" / cls / name
             )
     config = _config(tmp_path / "data", tmp_path)
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, positive_class="fake"))
+    config = dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, positive_class="fake"),
+        train=dataclasses.replace(config.train, epochs=1),
+    )
     result = run_cv(config, 2, out=tmp_path / "cv")
     held_out_fakes = sum(
         (pd.read_csv(f"{run}/splits/val.csv")["path"].str.contains("/fake/")).sum()
