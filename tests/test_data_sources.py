@@ -305,3 +305,13 @@ def test_tfds_version_and_class_errors(tmp_path):
         resolve("tfds:mnist", tfds_data_dir=str(tmp_path), classes=("1", "0"))
     with pytest.raises(UserError, match="cat not in tfds:mnist"):
         resolve("tfds:mnist", tfds_data_dir=str(tmp_path), classes=("cat",))
+
+
+def test_only_local_folders_are_made_absolute(image_folder, monkeypatch):
+    from tfpipeline.data.sources import with_absolute_folder
+
+    monkeypatch.chdir(image_folder.parent)
+    relative = DataConfig(data=image_folder.name)
+    assert with_absolute_folder(relative).data == str(image_folder.resolve())
+    for value in ("faces", "tfds:cifar10", "no/such/folder"):  # names, and errors left to resolve()
+        assert with_absolute_folder(DataConfig(data=value)).data == value

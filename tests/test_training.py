@@ -220,3 +220,25 @@ def test_resume_after_interruption_equals_uninterrupted_run(image_folder, tmp_pa
         check_exact=False,
         rtol=1e-5,
     )
+
+
+def test_a_relative_data_folder_is_recorded_absolute_so_the_run_works_from_anywhere(
+    image_folder, tmp_path, monkeypatch
+):
+    from tfpipeline.config_io import load_yaml
+    from tfpipeline.evaluation.run_context import open_run
+
+    monkeypatch.chdir(image_folder.parent)
+    config = tiny_config(image_folder, epochs=1, ood="none", run_dir=str(tmp_path / "runs"))
+    train(replace(config, data=replace(config.data, data=image_folder.name)), verbose=0)
+    run = only_run(tmp_path / "runs")
+    recorded = load_yaml(run.path / "config.yaml")["data"]["data"]
+    assert recorded == str(image_folder.resolve())
+    assert all(
+        pd.read_csv(f).path.str.startswith(recorded).all() for f in (run.path / "splits").glob("*.csv")
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # evaluate, predict and --resume rebuild the data from here
+    assert open_run(run.path).config.data.data == recorded
+    assert load_data(open_run(run.path).config.data, scaling="unit").info.class_names == ("blue", "red")

@@ -144,6 +144,7 @@ def run_training(
         verbose=verbose,
         facts={"recipe": recipe} if recipe else None,
     )
+    config = result.config  # as trained and recorded (a local data folder made absolute)
     info = result.bundle.info
     model = with_tta(result.model, config.train.tta)
     predictions = {

@@ -59,6 +59,19 @@ def _resolve(config: DataConfig) -> DataSource:
     )
 
 
+def with_absolute_folder(config: DataConfig) -> DataConfig:
+    """`config` with a local `--data` folder made absolute (other values unchanged).
+
+    A run records its data in config.yaml and splits/*.csv; a relative folder there would only
+    resolve from the directory the run was trained in, so `evaluate`, `predict` and `--resume`
+    from anywhere else would not find it.
+    """
+    spec = config.data
+    if spec.startswith("tfds:") or spec in EMBEDDED or not Path(spec).expanduser().is_dir():
+        return config
+    return replace(config, data=str(Path(spec).expanduser().resolve()))
+
+
 def resolve_all(config: DataConfig) -> DataSource:
     """Every image of `config.data` as one split named `all` (evaluating on a whole folder).
 

@@ -25,6 +25,7 @@ import tensorflow as tf
 import tfpipeline
 from tfpipeline.config import RunConfig
 from tfpipeline.data import DataBundle, load_data
+from tfpipeline.data.sources import with_absolute_folder
 from tfpipeline.decision import DecisionRule
 from tfpipeline.errors import UserError
 from tfpipeline.hardware import PrecisionChoice, choose_precision, cpu_info, machine_record, visible_gpus
@@ -270,6 +271,7 @@ def train(
     Raises:
         UserError: for data or model problems, before any training starts.
     """
+    config = dataclasses.replace(config, data=with_absolute_folder(config.data))
     first_epoch = completed_epochs(run) if (resume and run is not None) else 0
     if first_epoch >= config.train.epochs:
         raise UserError(
