@@ -25,6 +25,7 @@ import pandas as pd
 from tfpipeline.config import RunConfig
 from tfpipeline.config_io import to_dict, write_yaml
 from tfpipeline.errors import UserError
+from tfpipeline.evaluation.breakdown import breakdown_table
 
 FOLD_METRICS = ("roc_auc", "accuracy", "f1", "pr_auc")
 
@@ -181,17 +182,4 @@ def pooled_breakdown_table(pooled: dict[str, Any]) -> str:
     """Markdown tables of :func:`pooled_breakdown` (empty string without one)."""
     if not pooled:
         return ""
-    lines = []
-    for kind in ("difficulty", "region"):
-        lines += [
-            "",
-            f"| fakes by {kind} (all folds) | count | detected | recall | AUC vs reals (folds) |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for name, row in pooled[kind].items():
-            recall = "–" if row["recall"] is None else f"{row['recall']:.3f}"
-            auc = "–" if row["auc_mean"] is None else f"{row['auc_mean']:.3f}"
-            if row["auc_std"] is not None:
-                auc += f" ± {row['auc_std']:.3f}"
-            lines.append(f"| {name} | {row['count']} | {row['detected']} | {recall} | {auc} |")
-    return "\n".join(lines) + "\n"
+    return "\n" + breakdown_table(pooled, scope=" (all folds)", auc_header="AUC vs reals (folds)")

@@ -76,22 +76,32 @@ def _detection(chosen: np.ndarray, predicted_fake: np.ndarray, score: np.ndarray
     return {"count": count, "detected": detected, "recall": detected / count, "auc": auc}
 
 
-def breakdown_table(breakdown: dict[str, Any]) -> str:
-    """Markdown tables of :func:`fake_breakdown`'s result (empty string when there is none)."""
+def breakdown_table(breakdown: dict[str, Any], *, scope: str = "", auc_header: str = "AUC vs reals") -> str:
+    """Markdown tables of :func:`fake_breakdown`'s result (empty string when there is none).
+
+    Also renders cross-validation's pooled breakdown, whose rows carry `auc_mean` / `auc_std`
+    over folds instead of one `auc` (`scope` and `auc_header` name that in the headers).
+    """
     if not breakdown:
         return ""
     lines = []
     for kind in ("difficulty", "region"):
         lines += [
-            f"| fakes by {kind} | count | detected | recall | AUC vs reals |",
+            f"| fakes by {kind}{scope} | count | detected | recall | {auc_header} |",
             "|---|---:|---:|---:|---:|",
         ]
         for name, row in breakdown[kind].items():
             recall = "–" if row["recall"] is None else f"{row['recall']:.3f}"
-            auc = "–" if row["auc"] is None else f"{row['auc']:.3f}"
-            lines.append(f"| {name} | {row['count']} | {row['detected']} | {recall} | {auc} |")
+            lines.append(f"| {name} | {row['count']} | {row['detected']} | {recall} | {_auc_cell(row)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _auc_cell(row: dict[str, Any]) -> str:
+    auc, spread = (row["auc_mean"], row["auc_std"]) if "auc_mean" in row else (row["auc"], None)
+    if auc is None:
+        return "–"
+    return f"{auc:.3f}" if spread is None else f"{auc:.3f} ± {spread:.3f}"
 
 
 def region_head_report(
