@@ -36,7 +36,7 @@ def test_input_pipeline_benchmark(class_folder, image_folder):
         *("--image-size", "32", "--repeats", "2", "--no-reference"),
     )
     assert result["images"] == 24 + 16
-    for variant in ("first_epoch", "second_run", "cached_epoch"):
+    for variant in ("first_epoch", "second_run", "second_run_new_process", "cached_epoch"):
         assert result["images_per_sec"][variant] > 0 and len(result["repeats"][variant]) == 2
     assert result["cpu"]["cores"] >= 1 and "model" in result["cpu"] and "tensorflow" in result["versions"]
     assert result["reference"] == {"skipped": "skipped by --no-reference"}

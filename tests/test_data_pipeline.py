@@ -297,3 +297,29 @@ def test_augment_config_validation():
     assert AugmentConfig(flip=True).enabled
     with pytest.raises(UserError, match="rotation"):
         AugmentConfig(rotation=1.5)
+
+
+def test_pixels_are_shared_with_tensorflow_when_aligned_and_copied_otherwise():
+    import tensorflow as tf
+
+    from tfpipeline.data.tensor_memory import aligned_empty, pixels_tensor
+
+    aligned = aligned_empty((4, 6, 6, 3))
+    aligned[:] = np.arange(4, dtype=np.uint8)[:, None, None, None]
+    shared = pixels_tensor(aligned)
+    aligned[2] = 77  # visible through the tensor: no copy was made
+    np.testing.assert_array_equal(tf.gather(shared, [2, 0]).numpy(), aligned[[2, 0]])
+    # Unaligned (TensorFlow would abort the process on them), read-only or strided arrays are
+    # copied, and gathering from the copy is safe.
+    buffer = np.zeros(4 * 6 * 6 * 3 + 1, np.uint8)
+    start = 1 if buffer.ctypes.data % 2 == 0 else 0
+    unaligned = buffer[start : start + 4 * 6 * 6 * 3].reshape(4, 6, 6, 3)
+    read_only = aligned.copy()
+    read_only.flags.writeable = False
+    for array in (unaligned, read_only, aligned[:, ::2]):
+        tensor = pixels_tensor(array)
+        np.testing.assert_array_equal(tf.gather(tensor, [3, 1]).numpy(), array[[3, 1]])
+        before = array[1].copy()
+        if array.flags.writeable:
+            array[1] = 5
+        np.testing.assert_array_equal(tensor[1].numpy(), before)  # a copy: untouched by writes

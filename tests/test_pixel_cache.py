@@ -12,7 +12,7 @@ import pytest
 
 from tfpipeline.cli import main
 from tfpipeline.config import DataConfig
-from tfpipeline.data import pixel_cache
+from tfpipeline.data import cache_housekeeping, pixel_cache, tensor_memory
 from tfpipeline.data.pipeline import build_dataset, decoded_images
 from tfpipeline.data.split import Split
 
@@ -201,8 +201,39 @@ def test_the_data_check_fills_the_cache_so_a_first_run_decodes_once(image_folder
     with caplog.at_level(logging.INFO, logger="tfpipeline.data.pipeline"):
         bundle = load_data(config, scaling="unit")
     assert "pixel cache: decoded" not in caplog.text  # the check's pass already stored the pixels
-    stored = pixel_cache.info().settings
+    stored = cache_housekeeping.info().settings
     assert len(stored) == 1 and stored[0]["images"] == sum(len(s) for s in bundle.splits.values())
     pixels = np.concatenate([x for x, _ in bundle.val.as_numpy_iterator()])
     fresh = np.concatenate([x for x, _ in decoded_images(bundle.splits["val"], config).batch(8)])
     np.testing.assert_allclose(pixels, fresh / 255.0, atol=1e-6)
+
+
+def test_keys_name_the_real_file_behind_links(tmp_path):
+    paths = fake_files(tmp_path / "real", 2)
+    (tmp_path / "linked_folder").symlink_to(tmp_path / "real")
+    (tmp_path / "linked_file.bin").symlink_to(paths[1])
+    stat = os.stat(paths[1])
+    expected = f"{os.path.realpath(paths[1])}|{stat.st_size}|{stat.st_mtime_ns}"
+    via_folder = str(tmp_path / "linked_folder" / "1.bin")
+    via_file = str(tmp_path / "linked_file.bin")
+    assert pixel_cache.file_keys([paths[1], via_folder, via_file]) == [expected] * 3
+    assert pixel_cache.file_key(via_file) == expected
+
+
+def test_a_write_to_served_pixels_never_reaches_the_cache(tmp_path):
+    paths = fake_files(tmp_path / "img", 3)
+    decoder = Decoder()
+    pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    served, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts["hits"] == 3 and isinstance(served, np.memmap)  # the chunk itself, mapped
+    served[:] = 99  # a private (copy-on-write) map: the file keeps its pixels
+    again, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts == {"hits": 3, "decoded": 0}
+    np.testing.assert_array_equal(again, decoder(paths))
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8, 3), (5, 7, 3, 1), (3, 224, 224, 3)])
+def test_aligned_arrays_start_on_tensorflows_boundary(shape):
+    array = tensor_memory.aligned_empty(shape)
+    assert array.shape == shape and array.dtype == np.uint8 and array.flags.c_contiguous
+    assert array.ctypes.data % tensor_memory.TENSOR_ALIGNMENT == 0

@@ -86,13 +86,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from tfpipeline.data import pixel_cache
+    from tfpipeline.data import cache_housekeeping, pixel_cache
 
     if args.action == "clear":
-        freed = pixel_cache.clear()
+        freed = cache_housekeeping.clear()
         print(f"cleared {pixel_cache.cache_root()}: freed {freed / 1e6:,.1f} MB")
         return 0
-    found = pixel_cache.info()
+    found = cache_housekeeping.info()
     state = "on" if pixel_cache.enabled() else f"off ({pixel_cache.ENABLE_ENV}=0)"
     print(f"pixel cache: {found.root} ({state})")
     print(f"size: {found.total_bytes / 1e6:,.1f} MB of at most {found.limit_bytes / 1e9:g} GB")

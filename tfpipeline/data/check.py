@@ -208,7 +208,7 @@ def _fill_pixel_cache(paths: list[str], pixels: np.ndarray, settings) -> None:
     if not pixel_cache.enabled():
         return
     store = pixel_cache.PixelStore(settings)
-    keys = [pixel_cache.file_key(p) for p in paths]
+    keys = pixel_cache.file_keys(paths)
     _, found = store.lookup(keys)
     missing = np.flatnonzero(~found)
     if len(missing):

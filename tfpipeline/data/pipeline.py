@@ -24,6 +24,7 @@ from tfpipeline.data.blend import make_blender
 from tfpipeline.data.decode import encoded_to_pixels, match_channels, resize_image, scale_pixels
 from tfpipeline.data.pixel_cache import DecodeSettings
 from tfpipeline.data.split import Split
+from tfpipeline.data.tensor_memory import aligned_empty, pixels_tensor
 from tfpipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def decode_files(paths: list[str], config: DataConfig) -> np.ndarray:
         .prefetch(tf.data.AUTOTUNE)
     )
     # Filled batch by batch: concatenating the batches would hold every pixel twice at the end.
-    pixels = np.empty((len(paths), *size, channels), np.uint8)
+    # Aligned, so that training shares this array instead of copying it (pixels_tensor).
+    pixels = aligned_empty((len(paths), *size, channels))
     start = 0
     for batch in dataset:
         pixels[start : start + batch.shape[0]] = batch.numpy()
@@ -147,10 +149,11 @@ def _gathered_batches(
     every image into and out of the buffer. A seeded shuffle draws the same permutation either
     way, so runs see the same batches as before.
     """
-    images = tf.constant(pixels)
+    images = pixels_tensor(pixels)
     label_tensor = tf.constant(labels)
     target_tensor = None if targets is None else tf.constant(targets)
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops: nothing for autograph to rewrite
     def gather(indices):
         batch_labels = tf.gather(label_tensor, indices)
         if target_tensor is not None:
@@ -246,6 +249,9 @@ def build_dataset(
     blender = make_blender(config.augment, tuple(class_names), config.seed) if training else None
     window = RandomWindow(config.crop, seed=config.seed + 8) if training and config.crop else None
 
+    # Traced as written: every branch tests a Python value fixed here, and autograph's rewrite of
+    # this function's source (and of the layers it calls) was most of a cached run's start-up.
+    @tf.autograph.experimental.do_not_convert
     def to_model_inputs(images, labels):
         images = tf.cast(images, tf.float32)
         targets = None

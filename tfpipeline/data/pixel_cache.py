@@ -24,20 +24,21 @@ recently used chunks go first. An unwritable cache folder means a warning and no
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from stat import S_ISLNK
 from typing import Any
 
 import numpy as np
+
+from tfpipeline.data.tensor_memory import aligned_empty
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,30 @@ class DecodeSettings:
         return (*self.size, self.channels)
 
 
+def file_keys(paths: Sequence[str]) -> list[str]:
+    """Each file's identity in the store: real path, size and modification time (ns).
+
+    The real path resolves symbolic links; each folder is resolved once, because resolving
+    every file's full path took 0.05 s of a cached run's 0.3 s over 1,831 files.
+    """
+    real_folders: dict[str, str] = {}
+    keys = []
+    for path in paths:
+        stat = os.lstat(path)
+        if S_ISLNK(stat.st_mode):  # the file itself is a link: its target is what gets decoded
+            real, stat = os.path.realpath(path), os.stat(path)
+        else:
+            folder, name = os.path.split(path)
+            if folder not in real_folders:
+                real_folders[folder] = os.path.realpath(folder)
+            real = os.path.join(real_folders[folder], name)
+        keys.append(f"{real}|{stat.st_size}|{stat.st_mtime_ns}")
+    return keys
+
+
 def file_key(path: str) -> str:
-    """The file's identity in the store: real path, size and modification time (ns)."""
-    stat = os.stat(path)
-    return f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    """One file's identity in the store (see :func:`file_keys`)."""
+    return file_keys([path])[0]
 
 
 def _checksum(array: np.ndarray, algorithm: str = "crc32") -> str:
@@ -127,7 +148,9 @@ class PixelStore:
         """The chunk's verified array, or None (damaged chunks are deleted)."""
         array_file = index_file.with_suffix(".npy")
         try:
-            array = np.load(array_file, mmap_mode="r", allow_pickle=False)
+            # A private (copy-on-write) map: TensorFlow can share it without a copy (DLPack cannot
+            # carry a read-only flag), and a write by any caller never reaches the cached file.
+            array = np.load(array_file, mmap_mode="c", allow_pickle=False)
             valid = (
                 tuple(array.shape) == (len(index["keys"]), *self.settings.shape)
                 and array.dtype == np.uint8
@@ -148,20 +171,20 @@ class PixelStore:
     def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(pixels [len(keys), H, W, C] with found rows filled, found mask).
 
-        When one chunk holds exactly `keys`, the pixels are that chunk's read-only memory map.
+        When one chunk holds exactly `keys`, the pixels are that chunk's private memory map;
+        otherwise a new array aligned for TensorFlow (:func:`~tfpipeline.data.tensor_memory.aligned_empty`).
         """
         keys = list(keys)
         wanted: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             wanted.setdefault(key, []).append(i)
-        pixels = np.empty((len(keys), *self.settings.shape), np.uint8)  # rows not found: caller fills
+        pixels = aligned_empty((len(keys), *self.settings.shape))  # rows not found: caller fills
         found = np.zeros(len(keys), bool)
         for index_file, index in self._chunks():
             chunk_keys = index.get("keys", ())
             if chunk_keys == keys:
                 # The same files in the same order (a run over the same split again): the
-                # verified, read-only mapped chunk itself, with no copy; a copy into tf.data
-                # follows anyway.
+                # verified, mapped chunk itself, with no copy (nor one into TensorFlow).
                 array = self._load(index_file, index)
                 if array is not None:
                     return array, np.ones(len(keys), bool)
@@ -245,7 +268,7 @@ def cached_pixels(
     if not enabled():
         return decode(list(paths)), {"hits": 0, "decoded": len(paths)}
     store = PixelStore(settings)
-    keys = [file_key(p) for p in paths]
+    keys = file_keys(paths)
     try:
         pixels, found = store.lookup(keys)
     except OSError as exc:
@@ -265,50 +288,7 @@ def cached_pixels(
 
 
 # ---------------------------------------------------------------------------------------------
-# housekeeping: `tfpipeline cache info|clear` and the size bound
-
-
-@dataclass(frozen=True)
-class CacheInfo:
-    root: Path
-    settings: list[dict[str, Any]]  # one entry per decode setting: settings, chunks, images, bytes
-    total_bytes: int
-    limit_bytes: int
-
-
-def info(root: Path | None = None) -> CacheInfo:
-    root = root or cache_root()
-    entries, total = [], 0
-    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
-        size = sum(p.stat().st_size for p in folder.glob("*") if p.is_file())
-        indexes = [p for p in folder.glob("*.json") if p.name != "settings.json"]
-        images = 0
-        for index_file in indexes:
-            with contextlib.suppress(OSError, ValueError):
-                images += len(json.loads(index_file.read_text()).get("keys", ()))
-        try:
-            described = json.loads((folder / "settings.json").read_text())
-        except (OSError, ValueError):
-            described = {}
-        entries.append(
-            {
-                "key": folder.name,
-                "settings": described,
-                "chunks": len(indexes),
-                "images": images,
-                "bytes": size,
-            }
-        )
-        total += size
-    return CacheInfo(root=root, settings=entries, total_bytes=total, limit_bytes=limit_bytes())
-
-
-def clear(root: Path | None = None) -> int:
-    """Delete every cached pixel; returns the bytes freed."""
-    root = root or cache_root()
-    freed = info(root).total_bytes
-    shutil.rmtree(root, ignore_errors=True)
-    return freed
+# the size bound (`tfpipeline cache info|clear`: cache_housekeeping)
 
 
 def evict(limit: int, root: Path | None = None) -> int:
