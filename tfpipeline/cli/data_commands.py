@@ -1,4 +1,4 @@
-"""`tfpipeline data check|explore|split|extract` and `tfpipeline cache`."""
+"""`tfpipeline data check|explore|split|extract|synth-fakes` and `tfpipeline cache`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from tfpipeline.errors import UserError
-from tfpipeline.flags import add_data_flags, data_config_from_args, parse_floats, parse_names
+from tfpipeline.flags import (
+    add_data_flags,
+    data_config_from_args,
+    parse_floats,
+    parse_image_size,
+    parse_names,
+)
 
 EXIT_DATA_PROBLEMS = 1
 
@@ -85,6 +91,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth_fakes(args: argparse.Namespace) -> int:
+    from tfpipeline.data.forgeries import write_synthetic_pairs
+
+    made = write_synthetic_pairs(args.reals, args.out, kind=args.kind, size=args.image_size, seed=args.seed)
+    print(
+        f"wrote {made['pairs']} real/fake pairs ({made['kind']}-blended, "
+        f"{made['size'][0]}x{made['size'][1]}, {made['changed_pixel_share']:.1%} of pixels changed on "
+        f"average) to {args.out}; score a run on them with "
+        f"`tfpipeline evaluate RUN --split all --data {args.out}`"
+    )
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from tfpipeline.data import cache_housekeeping, pixel_cache
 
@@ -151,6 +170,31 @@ def register(commands) -> None:
         "--per-folder", type=int, help="keep only the first N files (by name) of each folder, for quick runs"
     )
     extract.set_defaults(func=cmd_extract)
+
+    synth = sub.add_parser(
+        "synth-fakes",
+        help="an out-of-domain test set: every real face of a folder and its self-blended forged twin",
+        description="Writes OUT/real/NAME.png and OUT/fake/NAME.png for every image of REALS (give reals "
+        "the model never trained on, e.g. a held-out split's), both resized and re-encoded alike. Score a "
+        "run with `tfpipeline evaluate RUN --split all --data OUT`. For a model trained with --synth-fakes "
+        "these forgeries are in-domain.",
+    )
+    synth.add_argument("reals", help="folder of real face images")
+    synth.add_argument("out", help="new (or empty) folder to write")
+    synth.add_argument(
+        "--kind",
+        choices=("self", "other"),
+        default="self",
+        help="self: a transformed copy of the same face blended into a region (default); "
+        "other: a colour-matched region of another face of the folder",
+    )
+    synth.add_argument(
+        "--image-size", type=parse_image_size, default=(256, 256), help="SIZE or HEIGHTxWIDTH (default 256)"
+    )
+    synth.add_argument(
+        "--seed", type=int, default=101, help="the same seed writes the same files (default 101)"
+    )
+    synth.set_defaults(func=cmd_synth_fakes)
 
     cache = commands.add_parser(
         "cache",
