@@ -323,3 +323,16 @@ def test_pixels_are_shared_with_tensorflow_when_aligned_and_copied_otherwise():
         if array.flags.writeable:
             array[1] = 5
         np.testing.assert_array_equal(tensor[1].numpy(), before)  # a copy: untouched by writes
+
+
+def test_a_callers_images_are_copied_so_later_writes_leave_the_batches_alone():
+    from tfpipeline.data.tensor_memory import aligned_empty
+
+    images = aligned_empty((6, 8, 8, 3))  # aligned on purpose: it could be shared, and must not be
+    images[:] = 10
+    split = Split(labels=np.arange(6, dtype=np.int32) % 2, images=images)
+    config = DataConfig(data="in-memory", image_size=(8, 8), batch_size=6)
+    dataset = build_dataset(split, config, scaling="raw", training=False, num_classes=2)
+    images[:] = 200
+    batch, _ = next(iter(dataset))
+    assert float(np.max(batch)) == 10.0

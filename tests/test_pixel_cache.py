@@ -237,3 +237,32 @@ def test_aligned_arrays_start_on_tensorflows_boundary(shape):
     array = tensor_memory.aligned_empty(shape)
     assert array.shape == shape and array.dtype == np.uint8 and array.flags.c_contiguous
     assert array.ctypes.data % tensor_memory.TENSOR_ALIGNMENT == 0
+
+
+def test_a_chunk_that_cannot_be_mapped_now_is_kept_not_discarded(tmp_path, monkeypatch, caplog):
+    import errno
+
+    paths = fake_files(tmp_path / "img", 3)
+    decoder = Decoder()
+    pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    real_load = np.load
+
+    def no_private_maps(file, mmap_mode=None, **kwargs):  # strict overcommit refuses "c" maps
+        if mmap_mode == "c":
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real_load(file, mmap_mode=mmap_mode, **kwargs)
+
+    monkeypatch.setattr(pixel_cache.np, "load", no_private_maps)
+    pixels, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts == {"hits": 3, "decoded": 0} and not pixels.flags.writeable  # read-only map instead
+
+    def no_maps(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(pixel_cache.np, "load", no_maps)
+    with caplog.at_level(logging.WARNING, logger="tfpipeline.data.pixel_cache"):
+        pixels, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts["decoded"] == 3 and "cannot map" in caplog.text and "damaged" not in caplog.text
+    np.testing.assert_array_equal(pixels, decoder(paths))
+    monkeypatch.setattr(pixel_cache.np, "load", real_load)
+    assert pixel_cache.cached_pixels(paths, SETTINGS, decoder)[1]["hits"] == 3  # the chunk is still there

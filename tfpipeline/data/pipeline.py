@@ -141,15 +141,19 @@ def _gathered_batches(
     labels: np.ndarray,
     targets: np.ndarray | None,
     batch_order: tf.data.Dataset,
+    *,
+    share: bool,
 ) -> tf.data.Dataset:
     """Batches gathered by index from in-memory pixels: the one copy an epoch needs.
 
     Shuffling indices instead of images keeps the shuffle buffer tiny and copies each image
     once per epoch (straight into its batch), where a shuffle of the images themselves copies
     every image into and out of the buffer. A seeded shuffle draws the same permutation either
-    way, so runs see the same batches as before.
+    way, so runs see the same batches as before. `share`: the pixels are the pipeline's own (the
+    pixel cache's), so TensorFlow may use their memory in place; a caller's array is copied, so
+    that writing to it later cannot change the batches.
     """
-    images = pixels_tensor(pixels)
+    images = pixels_tensor(pixels) if share else tf.constant(pixels)
     label_tensor = tf.constant(labels)
     target_tensor = None if targets is None else tf.constant(targets)
 
@@ -228,7 +232,9 @@ def build_dataset(
             :func:`region_targets_of` (an auxiliary region head's).
 
     Returns:
-        A tf.data.Dataset; the same seed yields the same batches in the same order.
+        A tf.data.Dataset; the same seed yields the same images in the same batches. The
+        augmentation's random draws repeat only under op determinism (`--deterministic`):
+        otherwise parallel map calls take them in a varying order.
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {LABEL_MODES}")
@@ -237,7 +243,7 @@ def build_dataset(
     pixels = pixel_array(split, config)
     if pixels is not None:
         order = _shuffled_batches(tf.data.Dataset.range(len(split)), len(split), **batching)
-        dataset = _gathered_batches(pixels, split.labels, targets, order)
+        dataset = _gathered_batches(pixels, split.labels, targets, order, share=split.from_files)
     else:
         dataset = cached_stream(split, config, cache_name)
         if targets is not None:

@@ -145,14 +145,22 @@ class PixelStore:
         return chunks
 
     def _load(self, index_file: Path, index: dict[str, Any]) -> np.ndarray | None:
-        """The chunk's verified array, or None (damaged chunks are deleted)."""
+        """The chunk's verified array, or None (damaged chunks are deleted; chunks that cannot be
+        mapped now, e.g. evicted meanwhile or out of address space, are left alone)."""
         array_file = index_file.with_suffix(".npy")
         try:
-            # A private (copy-on-write) map: TensorFlow can share it without a copy (DLPack cannot
-            # carry a read-only flag), and a write by any caller never reaches the cached file.
-            array = np.load(array_file, mmap_mode="c", allow_pickle=False)
+            array = _map(array_file)
+        except FileNotFoundError:
+            return None  # evicted by another process since the index was read
+        except OSError as exc:  # a healthy chunk this process cannot map now: not damage
+            _warn_once(str(array_file), f"pixel cache: cannot map {array_file} ({exc}); decoding its images")
+            return None
+        except ValueError:  # truncated or not an array file
+            array = None
+        try:
             valid = (
-                tuple(array.shape) == (len(index["keys"]), *self.settings.shape)
+                array is not None
+                and tuple(array.shape) == (len(index["keys"]), *self.settings.shape)
                 and array.dtype == np.uint8
                 and _checksum(array, index.get("algorithm", "blake2b")) == index["checksum"]
             )
@@ -238,6 +246,20 @@ class PixelStore:
             return False
         evict(limit_bytes())
         return True
+
+
+def _map(array_file: Path) -> np.ndarray:
+    """The chunk as a private (copy-on-write) memory map, which TensorFlow can use in place (DLPack
+    cannot carry a read-only flag) and whose writes never reach the file; read-only where the
+    system will not reserve memory for a private map (strict overcommit), then copied by the
+    pipeline instead. Keep the cache on a local disk: a chunk deleted on a network filesystem
+    while a run maps it can fail that run when it reads the pages again."""
+    try:
+        return np.load(array_file, mmap_mode="c", allow_pickle=False)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        return np.load(array_file, mmap_mode="r", allow_pickle=False)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -35,8 +35,8 @@ def pixels_tensor(pixels: np.ndarray):
     Shared: a pixel-cache chunk's private memory map, or an array from :func:`aligned_empty`.
     TensorFlow's kernels abort the process on memory aligned to less than TENSOR_ALIGNMENT and
     DLPack cannot mark an array read-only, so any other array (unaligned, read-only, strided,
-    empty) is copied. A shared array must not be written while a dataset built on it is in use
-    (a `Split`'s images never are).
+    empty) is copied. Share only arrays nothing else writes to while a dataset built on them is in
+    use: the pipeline shares the pixel cache's arrays and copies a caller's.
     """
     import tensorflow as tf  # here: the cache's housekeeping commands import this module too
 
