@@ -5,8 +5,9 @@ Runs the same random search twice in this process (default: 10 trials of `small_
 on the CIPLAB train/val folders, 2 epochs each), first with an empty pixel cache (the first run
 on a dataset: every image is decoded once, then stored) and then with the cache filled (every
 later search, run or fold). Decoding, cache reads and cache writes are timed where they happen
-(the data check's decoding pass, which also fills the cache; `decode_files`; header checks;
-`PixelStore.lookup` and `.store`) and divided by the search's wall time.
+(the data check's decoding pass, which also fills the cache; `PixelStore.stream` and
+`aligned_from_batches` for files it did not see; header checks; `PixelStore.lookup` and
+`.store`) and divided by the search's wall time.
 Every trial after the data is prepared gathers its batches from the same in-memory pixels, so
 trials themselves decode nothing; each copies those pixels into one TensorFlow tensor, timed as
 `pixel_copy` (`pipeline._gathered_batches`, whose dataset is built lazily around that copy). The
@@ -42,7 +43,8 @@ def timed_pixel_work(seconds: dict[str, float]):
 
     timed = {
         ("decode", check, "decode_failures"),  # the data check: decode, resize, fill the cache
-        ("decode", pipeline, "decode_files"),  # files the check did not see
+        ("decode", pixel_cache.PixelStore, "stream"),  # files the check did not see, decoded into the store
+        ("decode", pixel_cache, "aligned_from_batches"),  # ... or into memory (a partly cached split)
         ("header_check", check, "inspect_header"),
         ("cache_read", pixel_cache.PixelStore, "lookup"),
         ("cache_write", pixel_cache.PixelStore, "store"),

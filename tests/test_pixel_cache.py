@@ -12,7 +12,7 @@ import pytest
 
 from tfpipeline.cli import main
 from tfpipeline.config import DataConfig
-from tfpipeline.data import cache_housekeeping, pixel_cache, tensor_memory
+from tfpipeline.data import cache_housekeeping, chunk_file, pixel_cache, tensor_memory
 from tfpipeline.data.pipeline import build_dataset, decoded_images
 from tfpipeline.data.split import Split
 
@@ -37,8 +37,15 @@ class Decoder:
         self.lock = threading.Lock()
 
     def __call__(self, paths):
-        with self.lock:
-            self.decoded += len(paths)
+        """Batches of at most two images, decoded as they are asked for, like the training decoder's."""
+        for start in range(0, len(paths), 2):
+            batch = paths[start : start + 2]
+            with self.lock:
+                self.decoded += len(batch)
+            yield self.pixels(batch)
+
+    @staticmethod
+    def pixels(paths):
         return np.stack([np.full((8, 8, 3), open(p, "rb").read()[0], np.uint8) for p in paths])
 
 
@@ -71,7 +78,8 @@ def test_a_changed_file_is_decoded_again(tmp_path):
 def test_a_damaged_chunk_is_discarded_and_rebuilt(tmp_path, caplog, damage):
     paths = fake_files(tmp_path / "img", 4)
     decoder = Decoder()
-    expected, _ = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    expected = np.array(pixel_cache.cached_pixels(paths, SETTINGS, decoder)[0])  # a copy: the
+    # first run's pixels are the chunk file mapped, which this test damages in place
     (array_file,) = pixel_cache.PixelStore(SETTINGS).folder.glob("*.npy")
     data = bytearray(array_file.read_bytes())
     if damage == "truncate":
@@ -99,7 +107,7 @@ def test_chunks_of_the_older_checksum_still_verify_and_repeated_files_are_served
     assert index["algorithm"] == "crc32"
     # A chunk written before CRC-32 (blake2b, no "algorithm" key) is still read, and still checked.
     del index["algorithm"]
-    index["checksum"] = pixel_cache._checksum(expected, "blake2b")
+    index["checksum"] = chunk_file.checksum(expected, "blake2b")
     index_file.write_text(json.dumps(index))
     twice = [paths[2], paths[0], paths[2]]
     pixels, counts = pixel_cache.cached_pixels(twice, SETTINGS, decoder)
@@ -144,7 +152,7 @@ def test_two_writers_at_once_never_expose_half_written_chunks(tmp_path):
         thread.join()
     assert not errors
     for part, pixels in results:
-        np.testing.assert_array_equal(pixels, decoder(part))
+        np.testing.assert_array_equal(pixels, decoder.pixels(part))
     assert not list(pixel_cache.PixelStore(SETTINGS).folder.glob("*.tmp"))
 
 
@@ -229,7 +237,7 @@ def test_a_write_to_served_pixels_never_reaches_the_cache(tmp_path):
     served[:] = 99  # a private (copy-on-write) map: the file keeps its pixels
     again, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
     assert counts == {"hits": 3, "decoded": 0}
-    np.testing.assert_array_equal(again, decoder(paths))
+    np.testing.assert_array_equal(again, decoder.pixels(paths))
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8, 3), (5, 7, 3, 1), (3, 224, 224, 3)])
@@ -263,6 +271,88 @@ def test_a_chunk_that_cannot_be_mapped_now_is_kept_not_discarded(tmp_path, monke
     with caplog.at_level(logging.WARNING, logger="tfpipeline.data.pixel_cache"):
         pixels, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
     assert counts["decoded"] == 3 and "cannot map" in caplog.text and "damaged" not in caplog.text
-    np.testing.assert_array_equal(pixels, decoder(paths))
+    np.testing.assert_array_equal(pixels, decoder.pixels(paths))
     monkeypatch.setattr(pixel_cache.np, "load", real_load)
     assert pixel_cache.cached_pixels(paths, SETTINGS, decoder)[1]["hits"] == 3  # the chunk is still there
+
+
+def test_a_first_run_streams_into_the_store_and_serves_the_chunk_itself(tmp_path):
+    paths = fake_files(tmp_path / "img", 5)  # three batches of the stand-in decoder
+    decoder = Decoder()
+    pixels, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts == {"hits": 0, "decoded": 5} and isinstance(pixels, np.memmap)  # no array in memory
+    np.testing.assert_array_equal(pixels, decoder.pixels(paths))
+    assert pixels.ctypes.data % tensor_memory.TENSOR_ALIGNMENT == 0  # TensorFlow can use it in place
+    folder = pixel_cache.PixelStore(SETTINGS).folder
+    assert not list(folder.glob("*.tmp"))
+    again, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts == {"hits": 5, "decoded": 0} and decoder.decoded == 5
+    np.testing.assert_array_equal(again, pixels)
+
+
+def test_a_disk_failing_mid_write_costs_a_second_decode_never_pixels(tmp_path, monkeypatch, caplog):
+    paths = fake_files(tmp_path / "img", 5)
+    decoder = Decoder()
+    real_add = chunk_file.ChunkWriter.add
+
+    def add_then_fail(self, keys, rows):
+        if self.keys:  # the second batch
+            raise OSError(28, "No space left on device")
+        real_add(self, keys, rows)
+
+    monkeypatch.setattr(chunk_file.ChunkWriter, "add", add_then_fail)
+    with caplog.at_level(logging.WARNING, logger="tfpipeline.data.pixel_cache"):
+        pixels, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts["decoded"] == 5 and "not writable" in caplog.text and "No space" in caplog.text
+    np.testing.assert_array_equal(pixels, decoder.pixels(paths))
+    folder = pixel_cache.PixelStore(SETTINGS).folder
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob("*.npy"))  # nothing half-written
+
+
+def test_a_full_disk_is_found_before_decoding(tmp_path, monkeypatch, caplog):
+    paths = fake_files(tmp_path / "img", 3)
+    decoder = Decoder()
+
+    def full(fd, offset, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(chunk_file.os, "posix_fallocate", full, raising=False)
+    pixels, counts = pixel_cache.cached_pixels(paths, SETTINGS, decoder)
+    assert counts["decoded"] == 3 and decoder.decoded == 3  # decoded once: in memory, not half on disk
+    np.testing.assert_array_equal(pixels, decoder.pixels(paths))
+    assert not list(pixel_cache.PixelStore(SETTINGS).folder.glob("*.tmp"))
+
+
+def test_chunk_writer_trims_to_the_rows_added_and_checks_them(tmp_path):
+    rows = np.arange(3 * 8 * 8 * 3, dtype=np.uint8).reshape(3, 8, 8, 3)
+    writer = chunk_file.ChunkWriter(tmp_path, capacity=1000, row_shape=(8, 8, 3))  # a 4-digit header
+    writer.add(["a", "b"], rows[:2])
+    writer.add(["c"], rows[2:])
+    with pytest.raises(ValueError, match="do not match"):
+        writer.add(["d"], rows[:2])
+    index = writer.finish(tmp_path / "chunk.npy")
+    loaded = np.load(tmp_path / "chunk.npy")
+    np.testing.assert_array_equal(loaded, rows)
+    assert index["keys"] == ["a", "b", "c"] and index["shape"] == [3, 8, 8, 3]
+    assert index["checksum"] == chunk_file.checksum(rows)
+    assert (tmp_path / "chunk.npy").stat().st_size == len(chunk_file.npy_header(rows.shape)) + rows.nbytes
+    full = chunk_file.ChunkWriter(tmp_path, capacity=1, row_shape=(8, 8, 3))
+    with pytest.raises(ValueError, match="capacity"):
+        full.add(["a", "b"], rows[:2])
+    full.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk.npy"]
+
+
+def test_the_check_pass_stores_images_in_any_order_and_only_those_it_decoded(tmp_path):
+    paths = fake_files(tmp_path / "img", 6)
+    pixel_cache.cached_pixels(paths[:2], SETTINGS, Decoder())  # two already stored
+    fill = pixel_cache.UnorderedFill(paths, SETTINGS)
+    for index in (5, 0, 3, 1, 2):  # a parallel pass's order; file 4 failed to decode
+        fill.add(index, Decoder.pixels([paths[index]])[0])
+    fill.commit()
+    store = pixel_cache.PixelStore(SETTINGS)
+    assert list(store.known(pixel_cache.file_keys(paths))) == [True] * 4 + [False, True]
+    pixels, found = store.lookup(pixel_cache.file_keys(paths))
+    assert list(found) == [True] * 4 + [False, True]
+    np.testing.assert_array_equal(pixels[found], Decoder.pixels([p for i, p in enumerate(paths) if i != 4]))
+    assert len(list(store.folder.glob("*.npy"))) == 2  # the new chunk holds only files 2, 3, 5

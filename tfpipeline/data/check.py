@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tfpipeline.data import pixel_cache
 from tfpipeline.data.headers import DATA_MAX_PIXELS, DATA_MAX_SIDE
 
 # Bump when the checks change so stale cache entries are not trusted.
@@ -183,15 +184,17 @@ def decode_failures(
         .map(decode_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
         .ignore_errors()
     )
-    ok, pixels = set(), {}
+    # Streamed into the pixel cache as they come, in the pass's order: held once, on disk.
+    fill = (
+        pixel_cache.UnorderedFill(paths, settings) if settings is not None and pixel_cache.enabled() else None
+    )
+    ok = set()
     for index, image in decoded.as_numpy_iterator():
         ok.add(int(index))
-        if settings is not None:
-            pixels[int(index)] = image
-    if pixels:
-        _fill_pixel_cache(
-            [paths[i] for i in sorted(pixels)], np.stack([pixels[i] for i in sorted(pixels)]), settings
-        )
+        if fill is not None:
+            fill.add(int(index), image)
+    if fill is not None:
+        fill.commit()
     failures = {}
     for index in sorted(set(range(len(paths))) - ok):
         try:  # decode the failed file once more, eagerly, only to capture the reason
@@ -200,19 +203,6 @@ def decode_failures(
         except tf.errors.OpError as exc:
             failures[paths[index]] = _op_error_text(exc.message)
     return failures
-
-
-def _fill_pixel_cache(paths: list[str], pixels: np.ndarray, settings) -> None:
-    from tfpipeline.data import pixel_cache
-
-    if not pixel_cache.enabled():
-        return
-    store = pixel_cache.PixelStore(settings)
-    keys = pixel_cache.file_keys(paths)
-    _, found = store.lookup(keys)
-    missing = np.flatnonzero(~found)
-    if len(missing):
-        store.store([keys[i] for i in missing], pixels[missing])
 
 
 def _decode_problem(path: str, message: str) -> FileProblem:

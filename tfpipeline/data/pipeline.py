@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from tfpipeline.data.blend import make_blender
 from tfpipeline.data.decode import encoded_to_pixels, match_channels, resize_image, scale_pixels
 from tfpipeline.data.pixel_cache import DecodeSettings
 from tfpipeline.data.split import Split
-from tfpipeline.data.tensor_memory import aligned_empty, pixels_tensor
+from tfpipeline.data.tensor_memory import aligned_empty, aligned_from_batches, pixels_tensor
 from tfpipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,10 @@ def decode_settings(config: DataConfig) -> DecodeSettings:
     return DecodeSettings(tuple(config.image_size), config.channels, config.resize, config.interpolation)
 
 
-def decode_files(paths: list[str], config: DataConfig) -> np.ndarray:
-    """uint8 [N, H, W, C] of image files, decoded in parallel by the training decoder."""
+def decoded_file_batches(paths: list[str], config: DataConfig, batch_size: int = 256) -> Iterator[np.ndarray]:
+    """uint8 [<=batch_size, H, W, C] batches of image files in order, decoded in parallel by the
+    training decoder (the pixel cache streams them to disk as they come)."""
     size, channels = tuple(config.image_size), config.channels
-    if not paths:
-        return np.zeros((0, *size, channels), np.uint8)
 
     def load(path):
         return encoded_to_pixels(tf.io.read_file(path), channels, size, config.resize, config.interpolation)
@@ -71,17 +71,20 @@ def decode_files(paths: list[str], config: DataConfig) -> np.ndarray:
     dataset = (
         tf.data.Dataset.from_tensor_slices(paths)
         .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(256)
+        .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    # Filled batch by batch: concatenating the batches would hold every pixel twice at the end.
-    # Aligned, so that training shares this array instead of copying it (pixels_tensor).
-    pixels = aligned_empty((len(paths), *size, channels))
-    start = 0
     for batch in dataset:
-        pixels[start : start + batch.shape[0]] = batch.numpy()
-        start += batch.shape[0]
-    return pixels
+        yield batch.numpy()
+
+
+def decode_files(paths: list[str], config: DataConfig) -> np.ndarray:
+    """uint8 [N, H, W, C] of image files, decoded in parallel by the training decoder, in an
+    array aligned for TensorFlow (:func:`~tfpipeline.data.tensor_memory.aligned_from_batches`)."""
+    shape = (len(paths), *config.image_size, config.channels)
+    if not paths:
+        return aligned_empty(shape)
+    return aligned_from_batches(decoded_file_batches(paths, config), shape)
 
 
 def pixel_array(split: Split, config: DataConfig) -> np.ndarray | None:
@@ -98,7 +101,7 @@ def pixel_array(split: Split, config: DataConfig) -> np.ndarray | None:
     """
     if split.from_files and config.cache == "memory" and pixel_cache.enabled():
         pixels, counts = pixel_cache.cached_pixels(
-            list(split.paths), decode_settings(config), lambda paths: decode_files(paths, config)
+            list(split.paths), decode_settings(config), lambda paths: decoded_file_batches(paths, config)
         )
         if counts["decoded"]:
             log.info(

@@ -15,6 +15,8 @@ Layout under `$TFPIPELINE_CACHE_DIR/pixels` (default `~/.cache/tfpipeline/pixels
     <settings hash>/<chunk>.npy           uint8 [n, H, W, C]
     <settings hash>/<chunk>.json          the n file keys, array shape, CRC-32 checksum
 
+A decoding pass streams its images into a new chunk as they come (:mod:`~tfpipeline.data.chunk_file`),
+so a first run holds its pixels once, in the page cache, which it then maps.
 Writes are atomic and the index is written last, so a reader never sees a half-written chunk;
 a chunk whose array does not match its index (truncated, damaged) is deleted and its files
 decoded again. Two processes may fill the store at once (each writes its own chunks; duplicates
@@ -28,9 +30,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from stat import S_ISLNK
@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from tfpipeline.data.tensor_memory import aligned_empty
+from tfpipeline.data.chunk_file import ChunkWriter, atomic_write, checksum, map_chunk
+from tfpipeline.data.tensor_memory import aligned_empty, aligned_from_batches
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +112,6 @@ def file_key(path: str) -> str:
     return file_keys([path])[0]
 
 
-def _checksum(array: np.ndarray, algorithm: str = "crc32") -> str:
-    """A damage check of a chunk: CRC-32 (~3 GB/s, made for catching truncation and flipped bits;
-    blake2b, ~0.6 GB/s, was half of a cached run's start-up) or blake2b for older chunks."""
-    data = np.ascontiguousarray(array).data
-    if algorithm == "crc32":
-        return f"{zlib.crc32(data):08x}"
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
 class PixelStore:
     """The chunks of one decode setting (see the module docstring).
 
@@ -149,7 +141,7 @@ class PixelStore:
         mapped now, e.g. evicted meanwhile or out of address space, are left alone)."""
         array_file = index_file.with_suffix(".npy")
         try:
-            array = _map(array_file)
+            array = map_chunk(array_file)
         except FileNotFoundError:
             return None  # evicted by another process since the index was read
         except OSError as exc:  # a healthy chunk this process cannot map now: not damage
@@ -162,7 +154,7 @@ class PixelStore:
                 array is not None
                 and tuple(array.shape) == (len(index["keys"]), *self.settings.shape)
                 and array.dtype == np.uint8
-                and _checksum(array, index.get("algorithm", "blake2b")) == index["checksum"]
+                and checksum(array, index.get("algorithm", "blake2b")) == index["checksum"]
             )
         except (OSError, ValueError, KeyError):
             valid = False
@@ -217,55 +209,62 @@ class PixelStore:
                 break
         return pixels, found
 
+    def known(self, keys: Sequence[str]) -> np.ndarray:
+        """Which `keys` some chunk's index lists (unverified: :meth:`lookup` checks the pixels)."""
+        listed = {key for _, index in self._chunks() for key in index.get("keys", ())}
+        return np.array([key in listed for key in keys], bool)
+
     # -- writing
+    def new_chunk(self, capacity: int) -> ChunkWriter:
+        """A writer for a chunk of at most `capacity` images; OSError when the store is not writable."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        settings_file = self.folder / "settings.json"
+        if not settings_file.exists():
+            atomic_write(settings_file, json.dumps(asdict(self.settings)).encode())
+        return ChunkWriter(self.folder, capacity, self.settings.shape)
+
+    def commit(self, writer: ChunkWriter) -> np.ndarray | None:
+        """Publish the writer's chunk (the index last: readers never see a half-written one) and
+        return it mapped (:func:`~tfpipeline.data.chunk_file.map_chunk`); None when it is empty.
+        Then evict down to the size bound. OSError when the chunk cannot be written."""
+        if not writer.keys:
+            writer.discard()
+            return None
+        name = hashlib.sha1("\n".join(writer.keys).encode()).hexdigest()[:20]
+        array_file = self.folder / f"{name}.npy"
+        index = writer.finish(array_file)
+        atomic_write(self.folder / f"{name}.json", json.dumps(index).encode())
+        pixels = map_chunk(array_file)  # before eviction, which may delete this very chunk
+        evict(limit_bytes())
+        return pixels
+
     def store(self, keys: Sequence[str], pixels: np.ndarray) -> bool:
         """Add a chunk atomically; False (with one warning) when the cache cannot be written."""
         if not len(keys):
             return True
+        return self.stream(keys, [pixels]) is not None
+
+    def stream(self, keys: Sequence[str], batches: Iterable[np.ndarray]) -> np.ndarray | None:
+        """Write `batches` (uint8 images of `keys`, in order) to a new chunk as they come and
+        return the chunk mapped; None, with one warning, when the cache cannot be written (the
+        batches are then not consumed, or only partly)."""
+        writer = None
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            settings_file = self.folder / "settings.json"
-            if not settings_file.exists():
-                _atomic_write(settings_file, json.dumps(asdict(self.settings)).encode())
-            name = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:20]
-            array = np.ascontiguousarray(pixels, dtype=np.uint8)
-            with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".npy.tmp", delete=False) as handle:
-                np.save(handle, array, allow_pickle=False)
-            os.replace(handle.name, self.folder / f"{name}.npy")
-            index = {
-                "keys": list(keys),
-                "shape": list(array.shape),
-                "algorithm": "crc32",
-                "checksum": _checksum(array),
-            }
-            _atomic_write(self.folder / f"{name}.json", json.dumps(index).encode())  # last: commits
+            writer = self.new_chunk(len(keys))
+            for batch in batches:
+                start = len(writer.keys)
+                writer.add(keys[start : start + len(batch)], batch)
+            if len(writer.keys) != len(keys):
+                writer.discard()
+                raise ValueError(f"the decoder returned {len(writer.keys)} images for {len(keys)} files")
+            return self.commit(writer)
         except OSError as exc:
+            if writer is not None:
+                writer.discard()
             _warn_once(
                 str(self.folder), f"pixel cache at {self.folder} is not writable ({exc}); decoding without it"
             )
-            return False
-        evict(limit_bytes())
-        return True
-
-
-def _map(array_file: Path) -> np.ndarray:
-    """The chunk as a private (copy-on-write) memory map, which TensorFlow can use in place (DLPack
-    cannot carry a read-only flag) and whose writes never reach the file; read-only where the
-    system will not reserve memory for a private map (strict overcommit), then copied by the
-    pipeline instead. Keep the cache on a local disk: a chunk deleted on a network filesystem
-    while a run maps it can fail that run when it reads the pages again."""
-    try:
-        return np.load(array_file, mmap_mode="c", allow_pickle=False)
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        return np.load(array_file, mmap_mode="r", allow_pickle=False)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        handle.write(data)
-    os.replace(handle.name, path)
+            return None
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -275,20 +274,28 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def cached_pixels(
-    paths: Sequence[str], settings: DecodeSettings, decode: Callable[[list[str]], np.ndarray]
+    paths: Sequence[str], settings: DecodeSettings, decode: Callable[[list[str]], Iterable[np.ndarray]]
 ) -> tuple[np.ndarray, dict[str, int]]:
     """The pixels of `paths`, from the store where present, decoded (and stored) otherwise.
+
+    A first run over the files (none cached) streams the decoded batches into a new chunk and
+    returns the chunk mapped: its pixels are held once, in the page cache, not in an array plus
+    the copy written out.
 
     Args:
         paths: image files.
         settings: the decode settings.
-        decode: decodes a list of paths to uint8 [n, H, W, C] (the training decoder).
+        decode: decodes a list of paths to uint8 [n, H, W, C] batches, in order (the training
+            decoder, :func:`~tfpipeline.data.pipeline.decoded_file_batches`).
 
     Returns:
         (pixels in `paths` order, counts {"hits", "decoded"}).
     """
+    shape = (len(paths), *settings.shape)
+    if not paths:
+        return aligned_empty(shape), {"hits": 0, "decoded": 0}
     if not enabled():
-        return decode(list(paths)), {"hits": 0, "decoded": len(paths)}
+        return aligned_from_batches(decode(list(paths)), shape), {"hits": 0, "decoded": len(paths)}
     store = PixelStore(settings)
     keys = file_keys(paths)
     try:
@@ -297,16 +304,59 @@ def cached_pixels(
         _warn_once(
             str(store.folder), f"pixel cache at {store.folder} is not readable ({exc}); decoding without it"
         )
-        return decode(list(paths)), {"hits": 0, "decoded": len(paths)}
+        return aligned_from_batches(decode(list(paths)), shape), {"hits": 0, "decoded": len(paths)}
     missing = np.flatnonzero(~found)
-    if len(missing):
-        fresh = decode([paths[i] for i in missing])
-        if len(missing) == len(paths):
-            pixels = fresh  # nothing cached (a first run): the decoded array is the result
-        else:
-            pixels[missing] = fresh
+    if len(missing) == len(paths):  # a first run: decoded straight into the store
+        streamed = store.stream(keys, decode(list(paths)))
+        # An unwritable store, or a disk failing mid-write: decoded in memory, from the start.
+        pixels = streamed if streamed is not None else aligned_from_batches(decode(list(paths)), shape)
+    elif len(missing):
+        fresh = aligned_from_batches(decode([paths[i] for i in missing]), (len(missing), *settings.shape))
+        pixels[missing] = fresh
         store.store([keys[i] for i in missing], fresh)
     return pixels, {"hits": int(found.sum()), "decoded": int(len(missing))}
+
+
+class UnorderedFill:
+    """Stores images one by one, in whatever order a decoding pass yields them (the data check's
+    parallel pass, which also drops undecodable files), into one new chunk of the files the store
+    lacks. A store that cannot be written means one warning and no chunk.
+
+    Args:
+        paths: the files the pass decodes (indices in :meth:`add` refer to this list).
+        settings: the decode settings of the images.
+    """
+
+    def __init__(self, paths: Sequence[str], settings: DecodeSettings):
+        self.store = PixelStore(settings)
+        self.keys = file_keys(paths)
+        self.wanted = ~self.store.known(self.keys)
+        self.writer: ChunkWriter | None = None
+        self.failed = False
+
+    def add(self, index: int, image: np.ndarray) -> None:
+        if self.failed or not self.wanted[index]:
+            return
+        try:
+            if self.writer is None:
+                self.writer = self.store.new_chunk(int(self.wanted.sum()))
+            self.writer.add([self.keys[index]], image[np.newaxis])
+        except OSError as exc:
+            self._fail(exc)
+
+    def commit(self) -> None:
+        if self.writer is not None and not self.failed:
+            try:
+                self.store.commit(self.writer)
+            except OSError as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = True
+        if self.writer is not None:
+            self.writer.discard()
+        folder = self.store.folder
+        _warn_once(str(folder), f"pixel cache at {folder} is not writable ({exc}); decoding without it")
 
 
 # ---------------------------------------------------------------------------------------------

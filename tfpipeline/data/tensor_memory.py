@@ -8,7 +8,7 @@ the array satisfies what TensorFlow's kernels assume of a tensor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -49,3 +49,22 @@ def pixels_tensor(pixels: np.ndarray):
     if shareable:
         return tf.experimental.dlpack.from_dlpack(pixels.__dlpack__())
     return tf.constant(pixels)
+
+
+def aligned_from_batches(batches: Iterable[np.ndarray], shape: Sequence[int]) -> np.ndarray:
+    """The rows of `batches` (in order) in one :func:`aligned_empty` array of `shape`, filled
+    batch by batch: concatenating them would hold every pixel twice at the end.
+
+    Raises:
+        ValueError: the batches hold more or fewer rows than `shape[0]`.
+    """
+    array = aligned_empty(shape)
+    start = 0
+    for batch in batches:
+        if start + len(batch) > len(array):
+            raise ValueError(f"more than the {len(array)} expected rows")
+        array[start : start + len(batch)] = batch
+        start += len(batch)
+    if start != len(array):
+        raise ValueError(f"{start} rows where {len(array)} were expected")
+    return array
