@@ -39,12 +39,12 @@ DEFAULT_DATA = SHARED / "datasets" / "real_and_fake_face"
 def timed_pixel_work(seconds: dict[str, float]):
     """Add the seconds spent on pixels to `seconds`, by kind; a timed call inside another timed
     call (the data check's decoding pass fills the cache itself) counts once, for the outer."""
-    from tfpipeline.data import check, pipeline, pixel_cache
+    from tfpipeline.data import cache_fill, check, pipeline, pixel_cache
 
     timed = {
         ("decode", check, "decode_failures"),  # the data check: decode, resize, fill the cache
         ("decode", pixel_cache.PixelStore, "stream"),  # files the check did not see, decoded into the store
-        ("decode", pixel_cache, "aligned_from_batches"),  # ... or into memory (a partly cached split)
+        ("decode", cache_fill, "aligned_from_batches"),  # ... or into memory (a partly cached split)
         ("header_check", check, "inspect_header"),
         ("cache_read", pixel_cache.PixelStore, "lookup"),
         ("cache_write", pixel_cache.PixelStore, "store"),

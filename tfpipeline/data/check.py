@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tfpipeline.data import pixel_cache
+from tfpipeline.data import cache_fill, pixel_cache
 from tfpipeline.data.headers import DATA_MAX_PIXELS, DATA_MAX_SIDE
 
 # Bump when the checks change so stale cache entries are not trusted.
@@ -186,13 +186,18 @@ def decode_failures(
     )
     # Streamed into the pixel cache as they come, in the pass's order: held once, on disk.
     fill = (
-        pixel_cache.UnorderedFill(paths, settings) if settings is not None and pixel_cache.enabled() else None
+        cache_fill.UnorderedFill(paths, settings) if settings is not None and pixel_cache.enabled() else None
     )
     ok = set()
-    for index, image in decoded.as_numpy_iterator():
-        ok.add(int(index))
+    try:
+        for index, image in decoded.as_numpy_iterator():
+            ok.add(int(index))
+            if fill is not None:
+                fill.add(int(index), image)
+    except BaseException:
         if fill is not None:
-            fill.add(int(index), image)
+            fill.abandon()
+        raise
     if fill is not None:
         fill.commit()
     failures = {}

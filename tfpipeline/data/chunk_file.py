@@ -50,8 +50,9 @@ class ChunkWriter:
     """Rows streamed into a new chunk file of at most `capacity` rows of `row_shape`.
 
     The file is a temporary in `folder` until :meth:`finish` renames it, so no reader ever
-    maps a half-written chunk. Its full size is reserved when it is created, so a full disk
-    fails here, before any decoding, and not halfway.
+    maps a half-written chunk. Its full size is reserved when it is created, so on filesystems
+    that reserve space (ext4, xfs, tmpfs) a full disk fails here, before any decoding; elsewhere
+    a write fails in :meth:`add`, and the caller discards the writer.
 
     Args:
         folder: the decode setting's folder of the store (exists).
@@ -69,7 +70,10 @@ class ChunkWriter:
         self._row_bytes = int(np.prod(self.row_shape))
         self._header_bytes = len(npy_header((capacity, *self.row_shape)))
         self._crc = 0
-        self._handle = tempfile.NamedTemporaryFile(dir=folder, suffix=".npy.tmp", delete=False)  # noqa: SIM115 - closed by finish/discard
+        # Unbuffered, so that a failing write raises in `add` and never later, in `close`.
+        self._handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by finish/discard
+            dir=folder, suffix=".npy.tmp", delete=False, buffering=0
+        )
         try:
             self._handle.write(npy_header((capacity, *self.row_shape)))
             _reserve(self._handle.fileno(), self._header_bytes + capacity * self._row_bytes)
@@ -117,8 +121,12 @@ class ChunkWriter:
 
     def discard(self) -> None:
         """Close and delete the temporary file (after a failure, or when nothing was added)."""
-        self._handle.close()
-        Path(self._handle.name).unlink(missing_ok=True)
+        try:
+            self._handle.close()
+        except OSError:
+            pass  # the write that failed already said why; the file goes anyway
+        finally:
+            Path(self._handle.name).unlink(missing_ok=True)
 
 
 def _reserve(fd: int, size: int) -> None:
@@ -148,6 +156,12 @@ def map_chunk(array_file: Path) -> np.ndarray:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write `path` through a temporary file and a rename; the temporary never stays behind."""
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        handle.write(data)
-    os.replace(handle.name, path)
+        try:
+            handle.write(data)
+            handle.close()
+            os.replace(handle.name, path)
+        except BaseException:
+            Path(handle.name).unlink(missing_ok=True)
+            raise

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipeline.config import DataConfig
-from tfpipeline.data import pixel_cache
+from tfpipeline.data import cache_fill, pixel_cache
 from tfpipeline.data.augment import RandomWindow, make_augmenter
 from tfpipeline.data.blend import make_blender
 from tfpipeline.data.decode import encoded_to_pixels, match_channels, resize_image, scale_pixels
@@ -100,7 +100,7 @@ def pixel_array(split: Split, config: DataConfig) -> np.ndarray | None:
         or the pixel cache switched off): :func:`decoded_images` serves those.
     """
     if split.from_files and config.cache == "memory" and pixel_cache.enabled():
-        pixels, counts = pixel_cache.cached_pixels(
+        pixels, counts = cache_fill.cached_pixels(
             list(split.paths), decode_settings(config), lambda paths: decoded_file_batches(paths, config)
         )
         if counts["decoded"]:

@@ -15,7 +15,7 @@ Layout under `$TFPIPELINE_CACHE_DIR/pixels` (default `~/.cache/tfpipeline/pixels
     <settings hash>/<chunk>.npy           uint8 [n, H, W, C]
     <settings hash>/<chunk>.json          the n file keys, array shape, CRC-32 checksum
 
-A decoding pass streams its images into a new chunk as they come (:mod:`~tfpipeline.data.chunk_file`),
+A decoding pass streams its images into a new chunk as they come (:mod:`~tfpipeline.data.cache_fill`),
 so a first run holds its pixels once, in the page cache, which it then maps.
 Writes are atomic and the index is written last, so a reader never sees a half-written chunk;
 a chunk whose array does not match its index (truncated, damaged) is deleted and its files
@@ -30,7 +30,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from stat import S_ISLNK
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from tfpipeline.data.chunk_file import ChunkWriter, atomic_write, checksum, map_chunk
-from tfpipeline.data.tensor_memory import aligned_empty, aligned_from_batches
+from tfpipeline.data.tensor_memory import aligned_empty
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ DECODER_VERSION = 1  # bump when decode.encoded_to_pixels changes its output
 DEFAULT_LIMIT_GB = 20.0
 ENABLE_ENV = "TFPIPELINE_PIXEL_CACHE"  # "0" turns the store off
 LIMIT_ENV = "TFPIPELINE_PIXEL_CACHE_GB"
+STALE_SECONDS = 24 * 3600  # leftovers of a killed process older than this are deleted
 _WARNED: set[str] = set()
 
 
@@ -145,7 +147,7 @@ class PixelStore:
         except FileNotFoundError:
             return None  # evicted by another process since the index was read
         except OSError as exc:  # a healthy chunk this process cannot map now: not damage
-            _warn_once(str(array_file), f"pixel cache: cannot map {array_file} ({exc}); decoding its images")
+            warn_once(str(array_file), f"pixel cache: cannot map {array_file} ({exc}); decoding its images")
             return None
         except ValueError:  # truncated or not an array file
             array = None
@@ -233,8 +235,16 @@ class PixelStore:
         name = hashlib.sha1("\n".join(writer.keys).encode()).hexdigest()[:20]
         array_file = self.folder / f"{name}.npy"
         index = writer.finish(array_file)
-        atomic_write(self.folder / f"{name}.json", json.dumps(index).encode())
-        pixels = map_chunk(array_file)  # before eviction, which may delete this very chunk
+        try:
+            atomic_write(self.folder / f"{name}.json", json.dumps(index).encode())
+        except OSError:
+            array_file.unlink(missing_ok=True)  # an array without its index would never be evicted
+            raise
+        try:
+            pixels = map_chunk(array_file)  # before eviction, which may delete this very chunk
+        except OSError as exc:  # stored, but not mappable now: read into memory instead
+            warn_once(str(array_file), f"pixel cache: cannot map {array_file} ({exc}); reading it")
+            pixels = np.load(array_file, allow_pickle=False)
         evict(limit_bytes())
         return pixels
 
@@ -248,115 +258,35 @@ class PixelStore:
         """Write `batches` (uint8 images of `keys`, in order) to a new chunk as they come and
         return the chunk mapped; None, with one warning, when the cache cannot be written (the
         batches are then not consumed, or only partly)."""
-        writer = None
         try:
             writer = self.new_chunk(len(keys))
+        except OSError as exc:
+            self.not_writable(exc)
+            return None
+        try:
             for batch in batches:
                 start = len(writer.keys)
                 writer.add(keys[start : start + len(batch)], batch)
             if len(writer.keys) != len(keys):
-                writer.discard()
                 raise ValueError(f"the decoder returned {len(writer.keys)} images for {len(keys)} files")
             return self.commit(writer)
         except OSError as exc:
-            if writer is not None:
-                writer.discard()
-            _warn_once(
-                str(self.folder), f"pixel cache at {self.folder} is not writable ({exc}); decoding without it"
-            )
+            writer.discard()
+            self.not_writable(exc)
             return None
+        except BaseException:  # a decoder error, Ctrl-C: no temporary file stays behind
+            writer.discard()
+            raise
+
+    def not_writable(self, exc: OSError) -> None:
+        folder = self.folder
+        warn_once(str(folder), f"pixel cache at {folder} is not writable ({exc}); decoding without it")
 
 
-def _warn_once(key: str, message: str) -> None:
+def warn_once(key: str, message: str) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
         log.warning(message)
-
-
-def cached_pixels(
-    paths: Sequence[str], settings: DecodeSettings, decode: Callable[[list[str]], Iterable[np.ndarray]]
-) -> tuple[np.ndarray, dict[str, int]]:
-    """The pixels of `paths`, from the store where present, decoded (and stored) otherwise.
-
-    A first run over the files (none cached) streams the decoded batches into a new chunk and
-    returns the chunk mapped: its pixels are held once, in the page cache, not in an array plus
-    the copy written out.
-
-    Args:
-        paths: image files.
-        settings: the decode settings.
-        decode: decodes a list of paths to uint8 [n, H, W, C] batches, in order (the training
-            decoder, :func:`~tfpipeline.data.pipeline.decoded_file_batches`).
-
-    Returns:
-        (pixels in `paths` order, counts {"hits", "decoded"}).
-    """
-    shape = (len(paths), *settings.shape)
-    if not paths:
-        return aligned_empty(shape), {"hits": 0, "decoded": 0}
-    if not enabled():
-        return aligned_from_batches(decode(list(paths)), shape), {"hits": 0, "decoded": len(paths)}
-    store = PixelStore(settings)
-    keys = file_keys(paths)
-    try:
-        pixels, found = store.lookup(keys)
-    except OSError as exc:
-        _warn_once(
-            str(store.folder), f"pixel cache at {store.folder} is not readable ({exc}); decoding without it"
-        )
-        return aligned_from_batches(decode(list(paths)), shape), {"hits": 0, "decoded": len(paths)}
-    missing = np.flatnonzero(~found)
-    if len(missing) == len(paths):  # a first run: decoded straight into the store
-        streamed = store.stream(keys, decode(list(paths)))
-        # An unwritable store, or a disk failing mid-write: decoded in memory, from the start.
-        pixels = streamed if streamed is not None else aligned_from_batches(decode(list(paths)), shape)
-    elif len(missing):
-        fresh = aligned_from_batches(decode([paths[i] for i in missing]), (len(missing), *settings.shape))
-        pixels[missing] = fresh
-        store.store([keys[i] for i in missing], fresh)
-    return pixels, {"hits": int(found.sum()), "decoded": int(len(missing))}
-
-
-class UnorderedFill:
-    """Stores images one by one, in whatever order a decoding pass yields them (the data check's
-    parallel pass, which also drops undecodable files), into one new chunk of the files the store
-    lacks. A store that cannot be written means one warning and no chunk.
-
-    Args:
-        paths: the files the pass decodes (indices in :meth:`add` refer to this list).
-        settings: the decode settings of the images.
-    """
-
-    def __init__(self, paths: Sequence[str], settings: DecodeSettings):
-        self.store = PixelStore(settings)
-        self.keys = file_keys(paths)
-        self.wanted = ~self.store.known(self.keys)
-        self.writer: ChunkWriter | None = None
-        self.failed = False
-
-    def add(self, index: int, image: np.ndarray) -> None:
-        if self.failed or not self.wanted[index]:
-            return
-        try:
-            if self.writer is None:
-                self.writer = self.store.new_chunk(int(self.wanted.sum()))
-            self.writer.add([self.keys[index]], image[np.newaxis])
-        except OSError as exc:
-            self._fail(exc)
-
-    def commit(self) -> None:
-        if self.writer is not None and not self.failed:
-            try:
-                self.store.commit(self.writer)
-            except OSError as exc:
-                self._fail(exc)
-
-    def _fail(self, exc: OSError) -> None:
-        self.failed = True
-        if self.writer is not None:
-            self.writer.discard()
-        folder = self.store.folder
-        _warn_once(str(folder), f"pixel cache at {folder} is not writable ({exc}); decoding without it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,8 +294,18 @@ class UnorderedFill:
 
 
 def evict(limit: int, root: Path | None = None) -> int:
-    """Delete least recently used chunks until the store holds at most `limit` bytes."""
+    """Delete least recently used chunks until the store holds at most `limit` bytes, and what a
+    killed process left behind more than a day ago (temporary files, an array without index)."""
     root = root or cache_root()
+    freed = 0
+    for leftover in [*root.glob("*/*.tmp"), *root.glob("*/*.npy")]:
+        try:
+            stat = leftover.stat()
+            if time.time() - stat.st_mtime > STALE_SECONDS and not leftover.with_suffix(".json").exists():
+                leftover.unlink()
+                freed += stat.st_size
+        except OSError:
+            continue  # gone meanwhile
     chunks = []
     for index_file in root.glob("*/*.json"):
         if index_file.name == "settings.json":
@@ -375,12 +315,11 @@ def evict(limit: int, root: Path | None = None) -> int:
             chunks.append((index_file.stat().st_mtime, index_file, array_file, array_file.stat().st_size))
         except OSError:
             continue
-    total = sum(size for *_, size in chunks)
-    freed = 0
+    total, evicted = sum(size for *_, size in chunks), 0
     for _, index_file, array_file, size in sorted(chunks):
-        if total - freed <= limit:
+        if total - evicted <= limit:
             break
         index_file.unlink(missing_ok=True)  # the index first: readers then skip the chunk
         array_file.unlink(missing_ok=True)
-        freed += size
-    return freed
+        evicted += size
+    return freed + evicted
