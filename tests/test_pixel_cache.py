@@ -216,6 +216,41 @@ def test_the_data_check_fills_the_cache_so_a_first_run_decodes_once(image_folder
     np.testing.assert_allclose(pixels, fresh / 255.0, atol=1e-6)
 
 
+def test_each_split_the_check_stored_is_served_as_a_view_of_its_chunk(image_folder):
+    from tfpipeline.data import load_data
+    from tfpipeline.data.pipeline import decode_settings
+
+    config = DataConfig(data=str(image_folder), image_size=(24, 24), batch_size=4)
+    bundle = load_data(config, scaling="unit")
+    store = pixel_cache.PixelStore(decode_settings(config))
+    assert len(list(store.folder.glob("*.npy"))) == 1  # one chunk, filled by the check's pass
+    for split in bundle.splits.values():
+        pixels, found = store.lookup(pixel_cache.file_keys(split.paths))
+        # The check's pass keeps path order, so every split is a run of the chunk's rows: mapped
+        # as it is, not gathered into a copy.
+        assert found.all() and isinstance(pixels, np.memmap)
+        fresh = np.concatenate([x for x, _ in decoded_images(split, config).batch(64).as_numpy_iterator()])
+        np.testing.assert_array_equal(pixels, fresh)
+
+
+def test_consecutive_rows_of_a_chunk_are_a_view_and_any_other_subset_a_copy(tmp_path):
+    paths = fake_files(tmp_path / "img", 6)
+    cache_fill.cached_pixels(paths, SETTINGS, Decoder())
+    store = pixel_cache.PixelStore(SETTINGS)
+    for subset in (paths[2:5], paths[5:], paths[:1], paths):
+        pixels, found = store.lookup(pixel_cache.file_keys(subset))
+        assert found.all() and isinstance(pixels, np.memmap)
+        np.testing.assert_array_equal(pixels, Decoder.pixels(subset))
+    for subset in (paths[4:1:-1], [paths[1], paths[3]], [paths[5], paths[5]]):
+        pixels, found = store.lookup(pixel_cache.file_keys(subset))
+        assert found.all() and not isinstance(pixels, np.memmap)
+        np.testing.assert_array_equal(pixels, Decoder.pixels(subset))
+    outside = fake_files(tmp_path / "other", 1)  # a run that ends past the chunk's last row
+    pixels, found = store.lookup(pixel_cache.file_keys([paths[5], *outside]))
+    assert list(found) == [True, False]
+    np.testing.assert_array_equal(pixels[:1], Decoder.pixels(paths[5:]))
+
+
 def test_keys_name_the_real_file_behind_links(tmp_path):
     paths = fake_files(tmp_path / "real", 2)
     (tmp_path / "linked_folder").symlink_to(tmp_path / "real")

@@ -1,5 +1,5 @@
 """Filling the pixel cache from a decoding pass: a run's split in path order
-(:func:`cached_pixels`), or the data check's parallel pass in whatever order it decodes
+(:func:`cached_pixels`), or the data check's parallel pass in the order it yields its files
 (:class:`UnorderedFill`). Both stream images into a new chunk as they come, so a first run holds
 its pixels once, in the page cache, which it then maps (:mod:`~tfpipeline.data.chunk_file`).
 """
@@ -60,9 +60,10 @@ def cached_pixels(
 
 
 class UnorderedFill:
-    """Stores images one by one, in whatever order a decoding pass yields them (the data check's
+    """Stores images one by one, in the order a decoding pass yields them (the data check's
     parallel pass, which also drops undecodable files), into one new chunk of the files the store
-    lacks. A store that cannot be written means one warning and no chunk.
+    lacks. A store that cannot be written means one warning and no chunk. The check's pass yields
+    its files in path order, split after split, so each split is a run of the chunk's rows.
 
     Args:
         paths: the files the pass decodes (indices in :meth:`add` refer to this list).

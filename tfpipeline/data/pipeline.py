@@ -279,7 +279,26 @@ def build_dataset(
         return scale_pixels(images, scaling), encoded if targets is None else (encoded, targets)
 
     dataset = dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    if pixels is not None:
+        dataset = dataset.with_options(in_memory_options())
+    return dataset
+
+
+def in_memory_options() -> tf.data.Options:
+    """tf.data options for a pipeline that gathers batches from in-memory pixels.
+
+    No static graph rewrites: any of them serialises the dataset's graph, and with it the pixel
+    tensor its gather captures, so creating an iterator cost time in proportion to the data
+    (measured on 2 cores: 0.1-0.6 s for CIPLAB's 230 MB of training pixels, 1.6 s for 900 MB;
+    0.01 s without). Nothing is lost here: the maps are already parallel, the batches already
+    prefetched (runtime autotuning stays on), and no fusion applies to gathering by index; a
+    steady-state epoch took the same time either way (1.61 s with the rewrites, 1.51 s without,
+    medians of 6, flip + shift augmentation).
+    """
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    return options
 
 
 def region_targets_of(split: Split, class_names: tuple[str, ...], fake_class: str) -> np.ndarray:

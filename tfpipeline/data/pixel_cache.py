@@ -114,6 +114,17 @@ def file_key(path: str) -> str:
     return file_keys([path])[0]
 
 
+def _run_start(chunk_keys: Sequence[str], keys: Sequence[str]) -> int | None:
+    """Where `keys` start as consecutive rows of a chunk listing `chunk_keys`, or None."""
+    if not keys or len(keys) > len(chunk_keys):
+        return None
+    try:
+        start = chunk_keys.index(keys[0])
+    except ValueError:
+        return None
+    return start if list(chunk_keys[start : start + len(keys)]) == list(keys) else None
+
+
 class PixelStore:
     """The chunks of one decode setting (see the module docstring).
 
@@ -173,24 +184,27 @@ class PixelStore:
     def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(pixels [len(keys), H, W, C] with found rows filled, found mask).
 
-        When one chunk holds exactly `keys`, the pixels are that chunk's private memory map;
-        otherwise a new array aligned for TensorFlow (:func:`~tfpipeline.data.tensor_memory.aligned_empty`).
+        When one chunk holds `keys` as consecutive rows, in order, the pixels are a view of that
+        chunk's private memory map: no copy, nor one into TensorFlow. That is a run over the
+        same split again, or over any split of a folder whose data check filled the cache (the
+        check's pass stores every split's files, split after split). Otherwise a new array
+        aligned for TensorFlow (:func:`~tfpipeline.data.tensor_memory.aligned_empty`).
         """
         keys = list(keys)
         wanted: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             wanted.setdefault(key, []).append(i)
-        pixels = aligned_empty((len(keys), *self.settings.shape))  # rows not found: caller fills
-        found = np.zeros(len(keys), bool)
-        for index_file, index in self._chunks():
-            chunk_keys = index.get("keys", ())
-            if chunk_keys == keys:
-                # The same files in the same order (a run over the same split again): the
-                # verified, mapped chunk itself, with no copy (nor one into TensorFlow).
+        chunks = self._chunks()
+        for index_file, index in chunks:
+            start = _run_start(index.get("keys", ()), keys)
+            if start is not None:
                 array = self._load(index_file, index)
                 if array is not None:
-                    return array, np.ones(len(keys), bool)
-                continue
+                    return array[start : start + len(keys)], np.ones(len(keys), bool)
+        pixels = aligned_empty((len(keys), *self.settings.shape))  # rows not found: caller fills
+        found = np.zeros(len(keys), bool)
+        for index_file, index in chunks:
+            chunk_keys = index.get("keys", ())
             rows = [(r, k) for r, k in enumerate(chunk_keys) if k in wanted and not found[wanted[k][0]]]
             if not rows:
                 continue
