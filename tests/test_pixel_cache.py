@@ -94,7 +94,8 @@ def test_a_damaged_chunk_is_discarded_and_rebuilt(tmp_path, caplog, damage):
     assert cache_fill.cached_pixels(paths, SETTINGS, decoder)[1] == {"hits": 4, "decoded": 0}
 
 
-def test_chunks_of_the_older_checksum_still_verify_and_repeated_files_are_served(tmp_path, caplog):
+@pytest.mark.parametrize("older", ["crc32", "blake2b"])
+def test_chunks_of_an_older_checksum_still_verify_and_repeated_files_are_served(tmp_path, caplog, older):
     import json
 
     paths = fake_files(tmp_path / "img", 4)
@@ -104,20 +105,34 @@ def test_chunks_of_the_older_checksum_still_verify_and_repeated_files_are_served
         f for f in pixel_cache.PixelStore(SETTINGS).folder.glob("*.json") if f.stem != "settings"
     ]
     index = json.loads(index_file.read_text())
-    assert index["algorithm"] == "crc32"
-    # A chunk written before CRC-32 (blake2b, no "algorithm" key) is still read, and still checked.
-    del index["algorithm"]
-    index["checksum"] = chunk_file.checksum(expected, "blake2b")
+    assert index["algorithm"] == "xxh3_64" and index["checksum"] == chunk_file.checksum(expected)
+    # Chunks written by earlier versions (CRC-32; blake2b, with no "algorithm" key) are still
+    # read, and still checked by their own algorithm.
+    index["checksum"] = chunk_file.checksum(expected, older)
+    if older == "blake2b":
+        del index["algorithm"]
+    else:
+        index["algorithm"] = older
     index_file.write_text(json.dumps(index))
     twice = [paths[2], paths[0], paths[2]]
     pixels, counts = cache_fill.cached_pixels(twice, SETTINGS, decoder)
     assert counts == {"hits": 3, "decoded": 0} and decoder.decoded == 4
     np.testing.assert_array_equal(pixels, expected[[2, 0, 2]])
-    index["checksum"] = "0" * 32  # a wrong legacy checksum is damage like any other
+    index["checksum"] = "0" * len(index["checksum"])  # a wrong older checksum is damage like any other
     index_file.write_text(json.dumps(index))
     with caplog.at_level(logging.WARNING, logger="tfpipeline.data.pixel_cache"):
         assert cache_fill.cached_pixels(paths, SETTINGS, decoder)[1] == {"hits": 0, "decoded": 4}
     assert "damaged chunk" in caplog.text
+
+
+def test_checksums_name_their_algorithm_and_see_a_single_flipped_bit():
+    rows = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
+    flipped = rows.copy()
+    flipped[1, 7, 7, 2] ^= 1
+    for algorithm in ("xxh3_64", "crc32", "blake2b"):
+        assert chunk_file.checksum(rows, algorithm) != chunk_file.checksum(flipped, algorithm)
+    with pytest.raises(ValueError, match="unknown checksum algorithm 'md5'"):
+        chunk_file.checksum(rows, "md5")
 
 
 def test_an_unwritable_cache_warns_once_and_still_works(tmp_path, monkeypatch, caplog):
@@ -369,7 +384,7 @@ def test_chunk_writer_trims_to_the_rows_added_and_checks_them(tmp_path):
     loaded = np.load(tmp_path / "chunk.npy")
     np.testing.assert_array_equal(loaded, rows)
     assert index["keys"] == ["a", "b", "c"] and index["shape"] == [3, 8, 8, 3]
-    assert index["checksum"] == chunk_file.checksum(rows)
+    assert index["checksum"] == chunk_file.checksum(rows)  # hashed as streamed = hashed whole
     assert (tmp_path / "chunk.npy").stat().st_size == len(chunk_file.npy_header(rows.shape)) + rows.nbytes
     full = chunk_file.ChunkWriter(tmp_path, capacity=1, row_shape=(8, 8, 3))
     with pytest.raises(ValueError, match="capacity"):

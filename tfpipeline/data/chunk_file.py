@@ -1,4 +1,4 @@
-"""The pixel cache's chunk files: uint8 `.npy` arrays written as a stream, checked by CRC-32.
+"""The pixel cache's chunk files: uint8 `.npy` arrays written as a stream, checked by XXH3.
 
 A first run decodes its images batch by batch. Writing each batch to the chunk file as it
 arrives, instead of filling an array and saving it at the end, holds the pixels once (in the
@@ -19,18 +19,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 _MAGIC = b"\x93NUMPY\x01\x00"
 _ALIGN = 64  # numpy's own header alignment; also TensorFlow's (tensor_memory.TENSOR_ALIGNMENT)
 
 
-def checksum(array: np.ndarray, algorithm: str = "crc32") -> str:
-    """A damage check of a chunk: CRC-32 (~3 GB/s, made for catching truncation and flipped bits;
-    blake2b, ~0.6 GB/s, was half of a cached run's start-up) or blake2b for older chunks."""
+CHECKSUM = "xxh3_64"  # what new chunks are checked by; older chunks name theirs in their index
+
+
+def checksum(array: np.ndarray, algorithm: str = CHECKSUM) -> str:
+    """A damage check of a chunk (truncation, flipped bits), verified every time it is read.
+
+    XXH3-64 (`xxhash`) runs at memory speed: 0.010 s for 275 MB on 2 cores, where CRC-32 took
+    0.039 s and blake2b ~0.45 s, a share of every cached run's start-up that grows with the data.
+    Chunks written before keep verifying by the algorithm their index names (`crc32`, `blake2b`).
+    """
     data = np.ascontiguousarray(array).data
+    if algorithm == "xxh3_64":
+        return xxhash.xxh3_64_hexdigest(data)
     if algorithm == "crc32":
         return f"{zlib.crc32(data):08x}"
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    if algorithm == "blake2b":
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
+    raise ValueError(f"unknown checksum algorithm {algorithm!r}")
 
 
 def npy_header(shape: Sequence[int], length: int | None = None) -> bytes:
@@ -69,7 +81,7 @@ class ChunkWriter:
         self.keys: list[str] = []
         self._row_bytes = int(np.prod(self.row_shape))
         self._header_bytes = len(npy_header((capacity, *self.row_shape)))
-        self._crc = 0
+        self._hash = xxhash.xxh3_64()
         # Unbuffered, so that a failing write raises in `add` and never later, in `close`.
         self._handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by finish/discard
             dir=folder, suffix=".npy.tmp", delete=False, buffering=0
@@ -96,7 +108,7 @@ class ChunkWriter:
             raise ValueError(f"chunk capacity {self.capacity} exceeded")
         data = np.ascontiguousarray(rows).data
         self._handle.write(data)
-        self._crc = zlib.crc32(data, self._crc)
+        self._hash.update(data)
         self.keys.extend(keys)
 
     def finish(self, array_file: Path) -> dict:
@@ -115,8 +127,8 @@ class ChunkWriter:
         return {
             "keys": list(self.keys),
             "shape": list(shape),
-            "algorithm": "crc32",
-            "checksum": f"{self._crc:08x}",
+            "algorithm": CHECKSUM,
+            "checksum": self._hash.hexdigest(),
         }
 
     def discard(self) -> None:

@@ -13,7 +13,7 @@ Layout under `$TFPIPELINE_CACHE_DIR/pixels` (default `~/.cache/tfpipeline/pixels
 
     <settings hash>/settings.json         what the pixels mean
     <settings hash>/<chunk>.npy           uint8 [n, H, W, C]
-    <settings hash>/<chunk>.json          the n file keys, array shape, CRC-32 checksum
+    <settings hash>/<chunk>.json          the n file keys, array shape, XXH3-64 checksum
 
 A decoding pass streams its images into a new chunk as they come (:mod:`~tfpipeline.data.cache_fill`),
 so a first run holds its pixels once, in the page cache, which it then maps.
