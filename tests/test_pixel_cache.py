@@ -125,16 +125,6 @@ def test_chunks_of_an_older_checksum_still_verify_and_repeated_files_are_served(
     assert "damaged chunk" in caplog.text
 
 
-def test_checksums_name_their_algorithm_and_see_a_single_flipped_bit():
-    rows = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
-    flipped = rows.copy()
-    flipped[1, 7, 7, 2] ^= 1
-    for algorithm in ("xxh3_64", "crc32", "blake2b"):
-        assert chunk_file.checksum(rows, algorithm) != chunk_file.checksum(flipped, algorithm)
-    with pytest.raises(ValueError, match="unknown checksum algorithm 'md5'"):
-        chunk_file.checksum(rows, "md5")
-
-
 def test_an_unwritable_cache_warns_once_and_still_works(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the cache folder should be")
@@ -371,26 +361,6 @@ def test_a_full_disk_is_found_before_decoding(tmp_path, monkeypatch, caplog):
     assert counts["decoded"] == 3 and decoder.decoded == 3  # decoded once: in memory, not half on disk
     np.testing.assert_array_equal(pixels, decoder.pixels(paths))
     assert not list(pixel_cache.PixelStore(SETTINGS).folder.glob("*.tmp"))
-
-
-def test_chunk_writer_trims_to_the_rows_added_and_checks_them(tmp_path):
-    rows = np.arange(3 * 8 * 8 * 3, dtype=np.uint8).reshape(3, 8, 8, 3)
-    writer = chunk_file.ChunkWriter(tmp_path, capacity=1000, row_shape=(8, 8, 3))  # a 4-digit header
-    writer.add(["a", "b"], rows[:2])
-    writer.add(["c"], rows[2:])
-    with pytest.raises(ValueError, match="do not match"):
-        writer.add(["d"], rows[:2])
-    index = writer.finish(tmp_path / "chunk.npy")
-    loaded = np.load(tmp_path / "chunk.npy")
-    np.testing.assert_array_equal(loaded, rows)
-    assert index["keys"] == ["a", "b", "c"] and index["shape"] == [3, 8, 8, 3]
-    assert index["checksum"] == chunk_file.checksum(rows)  # hashed as streamed = hashed whole
-    assert (tmp_path / "chunk.npy").stat().st_size == len(chunk_file.npy_header(rows.shape)) + rows.nbytes
-    full = chunk_file.ChunkWriter(tmp_path, capacity=1, row_shape=(8, 8, 3))
-    with pytest.raises(ValueError, match="capacity"):
-        full.add(["a", "b"], rows[:2])
-    full.discard()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk.npy"]
 
 
 def test_the_check_pass_stores_images_in_any_order_and_only_those_it_decoded(tmp_path):
