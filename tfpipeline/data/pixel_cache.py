@@ -191,9 +191,6 @@ class PixelStore:
         aligned for TensorFlow (:func:`~tfpipeline.data.tensor_memory.aligned_empty`).
         """
         keys = list(keys)
-        wanted: dict[str, list[int]] = {}
-        for i, key in enumerate(keys):
-            wanted.setdefault(key, []).append(i)
         chunks = self._chunks()
         for index_file, index in chunks:
             start = _run_start(index.get("keys", ()), keys)
@@ -201,6 +198,9 @@ class PixelStore:
                 array = self._load(index_file, index)
                 if array is not None:
                     return array[start : start + len(keys)], np.ones(len(keys), bool)
+        wanted: dict[str, list[int]] = {}  # key -> its rows in `keys` (a file may be listed twice)
+        for i, key in enumerate(keys):
+            wanted.setdefault(key, []).append(i)
         pixels = aligned_empty((len(keys), *self.settings.shape))  # rows not found: caller fills
         found = np.zeros(len(keys), bool)
         for index_file, index in chunks:
