@@ -340,3 +340,31 @@ def test_a_callers_images_are_copied_so_later_writes_leave_the_batches_alone():
     images[:] = 200
     batch, _ = next(iter(dataset))
     assert float(np.max(batch)) == 10.0
+
+
+def test_single_decoding_passes_run_without_runtime_autotuning(image_folder, monkeypatch):
+    """The data check's pass (filling the pixel cache) and a first run's fill decode every file
+    once; with tf.data's autotuning on, destroying such a pass's iterator could wait seconds."""
+    from tfpipeline.data import decode, pipeline
+    from tfpipeline.data.check import check_files
+
+    given: list[tf.data.Options] = []
+    real = decode.one_pass_options
+
+    def recorded():
+        options = real()
+        given.append(options)
+        return options
+
+    monkeypatch.setattr(decode, "one_pass_options", recorded)  # what the check imports
+    monkeypatch.setattr(pipeline, "one_pass_options", recorded)
+    config = DataConfig(data=str(image_folder), image_size=(16, 16))
+    train = resolve_source(config).splits["train"]
+    paths = list(train.paths)
+    report = check_files(paths, channels=3, target_hw=(16, 16), fill=pipeline.decode_settings(config))
+    assert not report.problems and len(given) == 1
+    batches = list(pipeline.decoded_file_batches(paths, config, batch_size=5))
+    assert len(given) == 2 and all(options.autotune.enabled is False for options in given)
+    # The fill's pass still decodes every file, in order, as the training decoder does.
+    expected = np.stack([image.numpy() for image, _ in decoded_images(train, config)])
+    np.testing.assert_array_equal(np.concatenate(batches), expected)

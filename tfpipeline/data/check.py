@@ -170,8 +170,11 @@ def decode_failures(
         return {}
     import tensorflow as tf
 
-    from tfpipeline.data.decode import decode_image, encoded_to_pixels
+    from tfpipeline.data.decode import decode_image, encoded_to_pixels, one_pass_options
 
+    # Traced as written (branches test Python values): autograph's rewrite of the decoder took
+    # ~2 s of every first run's check on 2 cores, the pass itself ~3 s.
+    @tf.autograph.experimental.do_not_convert
     def decode_one(index, path):
         contents = tf.io.read_file(path)
         if settings is None:
@@ -186,6 +189,7 @@ def decode_failures(
         # are, without gathering them into a copy (PixelStore.lookup).
         .map(decode_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .ignore_errors()
+        .with_options(one_pass_options())
     )
     # Streamed into the pixel cache as they come: held once, on disk.
     fill = (

@@ -22,7 +22,13 @@ from tfpipeline.config import DataConfig
 from tfpipeline.data import cache_fill, pixel_cache
 from tfpipeline.data.augment import RandomWindow, make_augmenter
 from tfpipeline.data.blend import make_blender
-from tfpipeline.data.decode import encoded_to_pixels, match_channels, resize_image, scale_pixels
+from tfpipeline.data.decode import (
+    encoded_to_pixels,
+    match_channels,
+    one_pass_options,
+    resize_image,
+    scale_pixels,
+)
 from tfpipeline.data.pixel_cache import DecodeSettings
 from tfpipeline.data.split import Split
 from tfpipeline.data.tensor_memory import aligned_empty, aligned_from_batches, pixels_tensor
@@ -36,12 +42,16 @@ def decoded_images(split: Split, config: DataConfig) -> tf.data.Dataset:
     """(uint8 image [H, W, C] at `config.image_size`, int32 label) pairs, in split order."""
     size, channels = tuple(config.image_size), config.channels
 
+    # The decode functions are traced as written: they branch on Python values only (tf.cond and
+    # tf.switch_case inside), and autograph's rewrite of them took ~2 s of every new process.
+    @tf.autograph.experimental.do_not_convert
     def finish(image, label):
         image = match_channels(image, channels)
         return resize_image(image, size, config.resize, config.interpolation), label
 
     if split.from_files:
 
+        @tf.autograph.experimental.do_not_convert
         def load(path, label):
             contents = tf.io.read_file(path)
             return encoded_to_pixels(contents, channels, size, config.resize, config.interpolation), label
@@ -65,6 +75,7 @@ def decoded_file_batches(paths: list[str], config: DataConfig, batch_size: int =
     training decoder (the pixel cache streams them to disk as they come)."""
     size, channels = tuple(config.image_size), config.channels
 
+    @tf.autograph.experimental.do_not_convert  # see decoded_images
     def load(path):
         return encoded_to_pixels(tf.io.read_file(path), channels, size, config.resize, config.interpolation)
 
@@ -73,6 +84,7 @@ def decoded_file_batches(paths: list[str], config: DataConfig, batch_size: int =
         .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
+        .with_options(one_pass_options())
     )
     for batch in dataset:
         yield batch.numpy()
