@@ -56,11 +56,15 @@ def warm_page_cache(folder: Path) -> int:
 
 def machine() -> dict:
     """What every benchmark JSON carries: the CPU (model, cores, flags), oneDNN, library versions
-    and the load average (a loaded machine halves any figure, so check it before trusting one)."""
+    and the load average (a loaded machine halves any figure, so check it before trusting one).
+
+    oneDNN is reported as tfpipeline's default for this CPU, which the measured processes apply
+    (benchmarks whose variants run in child processes never load TensorFlow's kernels here)."""
+    from tfpipeline.hardware import apply_onednn_default, machine_record
+
+    apply_onednn_default()  # a no-op where the benchmark already did (quiet_tensorflow)
     import keras
     import tensorflow as tf
-
-    from tfpipeline.hardware import machine_record
 
     versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
     if importlib.util.find_spec("torch") is not None:

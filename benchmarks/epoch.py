@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, emit, run_reference, torch_available, warm_page_cache  # noqa: E402
+from common import SHARED, emit, machine, run_reference, torch_available, warm_page_cache  # noqa: E402
 
 
 def run_tfpipeline(data: Path, epochs: int, image_size: int, extra: list[str]) -> dict:
@@ -72,6 +72,7 @@ def main() -> None:
     warm_page_cache(args.data)
 
     result: dict = {"benchmark": "epoch", "data": str(args.data), "epochs": args.epochs, "batch_size": 32}
+    result.update(machine())
     result["tfpipeline"] = run_tfpipeline(args.data, args.epochs, args.image_size, args.extra)
     reason = "skipped by --no-reference" if args.no_reference else torch_available()
     if reason:
@@ -92,7 +93,9 @@ def main() -> None:
             "wall_speedup": round(reference["wall_seconds"] / ours["wall_seconds"], 2),
             "best_val_auc_difference": round(ours["best_val_auc"] - reference["best_val_auc"], 4),
         }
-        result["targets"] = {"median_epoch_speedup": 3.0, "best_val_auc_difference": 0.0}
+        # The performance issue's targets: 3x where AVX-512 is present, 2x on an AVX2-only CPU.
+        speedup = 3.0 if result["cpu"]["isa"] in ("avx512", "amx") else 2.0
+        result["targets"] = {"median_epoch_speedup": speedup, "best_val_auc_difference": 0.0}
     emit(result)
 
 

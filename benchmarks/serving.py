@@ -37,6 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
 GOAL_P50_MS = 5.0  # predict_images, one image, small_cnn at 224x224, this 2-core CPU
 GOAL_OOD_OVERHEAD_PCT = 20.0  # ood_score/in_domain outputs, relative to predict_images without them
 
@@ -208,6 +211,7 @@ def benchmark(run: Path, calls: int, batch_size: int, batches: int, warmup: int,
     overhead = ood_overhead(run, out, pixels, calls, warmup, batches)
     return {
         "benchmark": "serving",
+        **machine(),
         "run": str(run),
         "model": context.config.model.name,
         "image_size": list(spec.image_size),

@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
 SPACE = {
     "tune_only": True,
     "filters_1": [4, 8, 16],
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     x = np.arange(len(rss))
     slope = float(np.polyfit(x[1:], rss[1:], 1)[0]) if len(rss) > 2 else float("nan")
     report = {
+        "benchmark": "tuner_memory",
+        **machine(),
         "trials": len(rss),
         "statuses": statuses,
         "image_size": args.image_size,

@@ -68,6 +68,9 @@ def test_epoch_benchmark(image_folder):
     )
     assert result["tfpipeline"]["epochs"] == 2
     assert 0.0 <= result["tfpipeline"]["best_val_auc"] <= 1.0
+    # Every benchmark names the CPU it ran on, and the kernels tfpipeline chose for it.
+    assert result["cpu"]["isa"] in ("amx", "avx512", "avx2", "basic") and result["cpu"]["cores"] >= 1
+    assert result["onednn"]["why"] and "tensorflow" in result["versions"]
 
 
 @pytest.mark.slow  # three tiny trainings in their own processes (~1 min); run with -m slow

@@ -197,4 +197,5 @@ def test_serving_benchmark_quick(export_case):
         assert timing["calls"] == 5
     assert all(v > 0 for v in result["batch_images_per_s"].values())
     assert result["quick"] is True and result["image_size"] == [32, 32]
+    assert result["cpu"]["cores"] >= 1 and "model" in result["cpu"]
     assert result["run_trained_by_benchmark"] is False and set(result["loadavg_1min"]) == {"before", "after"}
