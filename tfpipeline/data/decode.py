@@ -31,8 +31,8 @@ def one_pass_options() -> tf.data.Options:
     the pixel cache's fill): runtime autotuning off.
 
     With autotuning on, destroying such a pass's iterator waited 1.8-2.6 s, with the cores idle,
-    in about half of the passes over CIPLAB's 1,831 files (measured on 2 cores, AMD EPYC Zen 3 and
-    Zen 5; a first run's first epoch then took ~6.2 s instead of ~3.7 s). Without it,
+    in about half of the passes over CIPLAB's 1,831 files (measured on 2 cores of an AMD EPYC Zen 3;
+    the same slow mode showed on Zen 5): a first epoch took ~6.2 s instead of ~3.7 s. Without it,
     `AUTOTUNE` parallelism is the number of cores, which a CPU-bound decode wants anyway: the pass
     itself took as long (medians of 5: 3.8 s off, 4.0 s on), its teardown 0.01 s every time.
     """
