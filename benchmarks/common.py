@@ -80,6 +80,12 @@ def machine() -> dict:
     }
 
 
+def issue_target(cpu: dict, *, avx2: float, avx512: float) -> float:
+    """The performance issue's target for this CPU class: `avx512` where AVX-512 (or AMX) is
+    present, `avx2` otherwise."""
+    return avx512 if cpu["isa"] in ("avx512", "amx") else avx2
+
+
 def emit(result: dict) -> None:
     """Print the benchmark's one JSON object (last line of output)."""
     print(json.dumps(result, indent=None, default=float))

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, quiet_tensorflow, torch_available  # noqa: E402
+from common import emit, issue_target, machine, quiet_tensorflow, torch_available  # noqa: E402
 
 VARIANTS = {
     "default": {},
@@ -181,7 +181,7 @@ def main() -> None:
     ours = result["tfpipeline"].get("default", {}).get("images_per_sec")
     if ours:
         ratios["default_vs_faster_torch_layout"] = round(ours / best, 2)
-        targets["default_vs_faster_torch_layout"] = 2.5 if result["cpu"]["isa"] in ("avx512", "amx") else 1.5
+        targets["default_vs_faster_torch_layout"] = issue_target(result["cpu"], avx2=1.5, avx512=2.5)
     if "reference_avx2" in result and result["tfpipeline"].get("avx2_tfpipeline", {}).get("images_per_sec"):
         best_avx2 = max(v["images_per_sec"] for v in result["reference_avx2"].values())
         for name in AVX2_VARIANTS:
