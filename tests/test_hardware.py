@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+import tfpipeline.hardware as hardware
 from tfpipeline.errors import UserError
 from tfpipeline.hardware import (
     ONEDNN_ENV,
+    apply_onednn_default,
     choose_precision,
     cpu_info,
     onednn_setting,
@@ -78,6 +80,17 @@ def test_onednn_is_turned_on_for_avx2_cpus_tensorflow_leaves_off():
     assert onednn_setting(fake("epyc_avx2", machine="aarch64"), {})[0] is None
     value, reason = onednn_setting(fake("epyc_avx2"), {ONEDNN_ENV: "0"})
     assert value is None and "set by the user" in reason
+
+
+def test_applying_the_onednn_default_twice_keeps_the_first_reason(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_info", lambda: fake("epyc_avx2"))
+    monkeypatch.setattr(hardware, "_ONEDNN_DECISION", {})
+    environ: dict[str, str] = {}
+    first = apply_onednn_default(environ)
+    assert environ[ONEDNN_ENV] == "1" and "AVX2" in first
+    assert apply_onednn_default(environ) == first  # not "set by the user": it was set by us
+    environ[ONEDNN_ENV] = "0"  # the user's own choice afterwards is reported as theirs
+    assert "set by the user" in apply_onednn_default(environ)
 
 
 def test_this_machine_is_described():

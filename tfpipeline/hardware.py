@@ -152,10 +152,15 @@ def apply_onednn_default(environ: dict[str, str] | None = None) -> str:
     tensorflow`).
     """
     environ = os.environ if environ is None else environ
+    if _ONEDNN_DECISION.get("environ") is environ and environ.get(ONEDNN_ENV) == _ONEDNN_DECISION.get("set"):
+        # A second call (the CLI's and a script's, say) must not read back the value the first
+        # set as if the user had chosen it.
+        return _ONEDNN_DECISION["reason"]
     value, reason = onednn_setting(cpu_info(), environ)
     if value is not None:
         environ[ONEDNN_ENV] = value
-    _ONEDNN_DECISION.update(reason=reason, value=environ.get(ONEDNN_ENV, "default"))
+    value_now = environ.get(ONEDNN_ENV, "default")
+    _ONEDNN_DECISION.update(reason=reason, value=value_now, set=value, environ=environ)
     return reason
 
 
