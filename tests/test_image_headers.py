@@ -25,6 +25,7 @@ from tfpipeline.data.headers import (
     NOT_AN_IMAGE,
     gif_first_frame,
     guard_header,
+    jpeg_header_complete,
 )
 from tfpipeline.data.pipeline import decoded_images
 from tfpipeline.data.split import Split
@@ -146,6 +147,31 @@ def test_non_images_and_wrong_chunks(eager):
     jpeg = encode(picture(8, 8), "JPEG")
     sos = jpeg.index(b"\xff\xda")
     assert "truncated or malformed JPEG header" in refusal(jpeg[:sos] + b"\xff\xd9", eager)  # EOI first
+
+
+def test_jpeg_scan_search_finds_the_real_start_of_scan_among_false_markers():
+    jpeg = encode(picture(16, 16), "JPEG")
+    sos = jpeg.index(b"\xff\xda")
+    # A comment segment whose text holds FF DA with an implausible length (2) before the real scan.
+    decoy = b"\xff\xfe" + struct.pack(">H", 8) + b"x\xff\xda\x00\x02y"
+    decoyed = jpeg[:2] + decoy + jpeg[2:]
+    assert tf.io.extract_jpeg_shape(decoyed).numpy().tolist() == [16, 16, 3]  # still a valid JPEG
+    complete = tf.function(jpeg_header_complete, input_signature=STRING)
+    assert bool(complete(tf.constant(decoyed)))
+    for cut in (sos + len(decoy), sos + len(decoy) + 2, sos + len(decoy) + 13):
+        assert not bool(complete(tf.constant(decoyed[:cut]))), cut  # only the decoy, or a cut scan
+    assert bool(complete(tf.constant(decoyed[: sos + len(decoy) + 14])))  # SOS length 12 fits
+    assert not bool(complete(tf.constant(b"")))
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_png_sizes_are_unsigned_and_bmp_widths_signed(eager):
+    ihdr = struct.pack(">IIBBBBB", 4_000_000_000, 1, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + bytes(40)
+    assert "declares 4000000000x1 pixels (4000000000) in its PNG header" in refusal(png, eager)
+    bmp = bytearray(encode(picture(21, 13), "BMP"))
+    bmp[18:22] = struct.pack("<i", -21)
+    assert "input x[7] has a truncated or malformed BMP header" in refusal(bytes(bmp), eager)
 
 
 # --------------------------------------------------------------------------- limits before decoding

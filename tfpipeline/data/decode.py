@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpipeline.data.headers import DATA_MAX_PIXELS, DATA_MAX_SIDE, decode_gif_frame, guard_header
+from tfpipeline.data.headers import DATA_MAX_PIXELS, DATA_MAX_SIDE, GIF, JPEG, decode_gif_frame, guard_header
 
 # Libjpeg can decode at 1/2, 1/4 and 1/8 of full size straight from the DCT coefficients,
 # which skips most of the inverse-DCT and upsampling work.
@@ -45,17 +45,17 @@ def jpeg_ratio_index(source_hw: tf.Tensor, target_hw: tuple[int, int]) -> tf.Ten
     """Index into `JPEG_RATIOS` of the largest reduction that keeps the image >= target size.
 
     Args:
-        source_hw: int32 tensor [height, width] of the encoded JPEG.
+        source_hw: integer tensor [height, width] of the encoded JPEG.
         target_hw: the size the image will be resized to afterwards.
 
     Returns:
         An int32 scalar tensor; 0 (full scale) when the source is less than twice the target.
     """
-    target = tf.constant(target_hw, dtype=tf.int32)
-    fits = [tf.reduce_all(source_hw // r >= target) for r in JPEG_RATIOS]
+    ratios = tf.constant(JPEG_RATIOS, source_hw.dtype)[:, None]
+    fits = tf.reduce_all(source_hw // ratios >= tf.constant(target_hw, source_hw.dtype), axis=1)
     # Ratios that fit form a prefix (1 always fits when the source is large enough, and when
     # it is not, nothing does and full scale is used): count them.
-    return tf.maximum(tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32)) - 1, 0)
+    return tf.maximum(tf.reduce_sum(tf.cast(fits, tf.int32)) - 1, 0)
 
 
 def decode_image(
@@ -92,24 +92,19 @@ def decode_image(
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     header = guard_header(contents, where, max_pixels=max_pixels, max_side=max_side, max_bytes=max_bytes)
 
-    def decode_jpeg() -> tf.Tensor:
-        if target_hw is None:
-            return tf.io.decode_jpeg(contents, channels=3)
-        source_hw = tf.cast(tf.stack([header.height, header.width]), tf.int32)
-        index = jpeg_ratio_index(source_hw, target_hw)
-        return tf.switch_case(
-            index,
-            branch_fns=[(lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r)) for r in JPEG_RATIOS],
-        )
-
-    def decode_gif() -> tf.Tensor:
-        return decode_gif_frame(contents, where, max_pixels, max_side)
-
-    def decode_other() -> tf.Tensor:  # PNG and BMP (and, unreachably, unknown bytes)
-        return tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
-
-    branches = [decode_other, decode_jpeg, decode_other, decode_gif, decode_other]  # FORMATS order
-    image = tf.switch_case(header.kind, branches)
+    # One switch over every way to decode (a nested switch per format doubled the graph, and
+    # building it is a fixed cost of every pipeline): PNG and BMP (and, unreachably, unknown
+    # bytes), then a JPEG at each ratio, then a GIF's first frame.
+    jpeg_ratios = JPEG_RATIOS if target_hw is not None else (1,)
+    branches = [lambda: tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)]
+    branches += [(lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r)) for r in jpeg_ratios]
+    branches.append(lambda: decode_gif_frame(contents, where, max_pixels, max_side))
+    jpeg = 1
+    if target_hw is not None:
+        jpeg += jpeg_ratio_index(tf.stack([header.height, header.width]), target_hw)
+    gif = len(branches) - 1
+    index = tf.where(tf.equal(header.kind, JPEG), jpeg, tf.where(tf.equal(header.kind, GIF), gif, 0))
+    image = tf.switch_case(index, branches)
     image.set_shape([None, None, 3])
     return match_channels(image, channels)
 
