@@ -11,7 +11,13 @@ from PIL import Image
 
 from tfpipeline.config import AugmentConfig, DataConfig
 from tfpipeline.data import build_dataset, resolve_source
-from tfpipeline.data.decode import decode_image, jpeg_ratio_index, resize_image
+from tfpipeline.data.decode import (
+    decode_image,
+    encoded_to_pixels,
+    file_decoder,
+    jpeg_ratio_index,
+    resize_image,
+)
 from tfpipeline.data.pipeline import decoded_images
 from tfpipeline.data.split import Split
 
@@ -340,6 +346,18 @@ def test_a_callers_images_are_copied_so_later_writes_leave_the_batches_alone():
     images[:] = 200
     batch, _ = next(iter(dataset))
     assert float(np.max(batch)) == 10.0
+
+
+def test_the_per_process_file_decoder_is_keyed_by_every_setting(image_folder):
+    path = str(next(image_folder.glob("train/blue/*")))
+    settings = (3, (24, 40), "crop", "bilinear")
+    assert file_decoder(*settings) is file_decoder(*settings)  # traced once, reused
+    for changed in [(1, (24, 40), "crop", "bilinear"), (3, (24, 40), "pad", "bilinear"),
+                    (3, (24, 40), "crop", "nearest"), (3, (40, 24), "crop", "bilinear")]:  # fmt: skip
+        decoder = file_decoder(*changed)
+        assert decoder is not file_decoder(*settings)
+        expected = encoded_to_pixels(tf.io.read_file(path), *changed)
+        np.testing.assert_array_equal(decoder(tf.constant(path)).numpy(), expected.numpy())
 
 
 def test_single_decoding_passes_run_without_runtime_autotuning(image_folder, monkeypatch):

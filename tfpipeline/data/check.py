@@ -170,17 +170,19 @@ def decode_failures(
         return {}
     import tensorflow as tf
 
-    from tfpipeline.data.decode import decode_image, encoded_to_pixels, one_pass_options
+    from tfpipeline.data.decode import decode_image, file_decoder, one_pass_options
 
     # Traced as written (branches test Python values): autograph's rewrite of the decoder took
     # ~2 s of every first run's check on 2 cores, the pass itself ~3 s.
+    decode_file = None
+    if settings is not None:
+        decode_file = file_decoder(settings.channels, settings.size, settings.resize, settings.interpolation)
+
     @tf.autograph.experimental.do_not_convert
     def decode_one(index, path):
-        contents = tf.io.read_file(path)
-        if settings is None:
-            return index, tf.shape(decode_image(contents, channels, target_hw))
-        size, interpolation = settings.size, settings.interpolation
-        return index, encoded_to_pixels(contents, settings.channels, size, settings.resize, interpolation)
+        if decode_file is not None:
+            return index, decode_file(path)
+        return index, tf.shape(decode_image(tf.io.read_file(path), channels, target_hw))
 
     decoded = (
         tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))

@@ -11,6 +11,7 @@ and decodes only a GIF's first frame (:mod:`tfpipeline.data.headers`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import keras
@@ -174,6 +175,23 @@ def encoded_to_pixels(
     """
     image = decode_image(contents, channels, size_hw, **guard)
     return resize_image(match_channels(image, channels), size_hw, resize, interpolation)
+
+
+@functools.lru_cache(maxsize=32)
+def file_decoder(channels: int, size_hw: tuple[int, int], resize: str, interpolation: str) -> Any:
+    """A path -> uint8 [H, W, channels] function (:func:`encoded_to_pixels` of the file's bytes),
+    traced once per process for each decode setting.
+
+    Every pipeline that decodes files (the data check's pass, a split's cache fill, a streamed
+    split) maps this one function, so tracing the guarded decode graph (0.2-0.5 s on 2 cores of
+    an AMD EPYC Zen 3) is paid by a process's first such pipeline only.
+    """
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    def decode_file(path: tf.Tensor) -> tf.Tensor:
+        return encoded_to_pixels(tf.io.read_file(path), channels, size_hw, resize, interpolation)
+
+    return decode_file
 
 
 def unscale_pixels(images: Any, scaling: str) -> np.ndarray:

@@ -23,7 +23,7 @@ from tfpipeline.data import cache_fill, pixel_cache
 from tfpipeline.data.augment import RandomWindow, make_augmenter
 from tfpipeline.data.blend import make_blender
 from tfpipeline.data.decode import (
-    encoded_to_pixels,
+    file_decoder,
     match_channels,
     one_pass_options,
     resize_image,
@@ -50,11 +50,11 @@ def decoded_images(split: Split, config: DataConfig) -> tf.data.Dataset:
         return resize_image(image, size, config.resize, config.interpolation), label
 
     if split.from_files:
+        decode_file = file_decoder(channels, size, config.resize, config.interpolation)
 
         @tf.autograph.experimental.do_not_convert
         def load(path, label):
-            contents = tf.io.read_file(path)
-            return encoded_to_pixels(contents, channels, size, config.resize, config.interpolation), label
+            return decode_file(path), label
 
         source = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
         # deterministic=True keeps file order, which fixes what the seeded shuffle sees.
@@ -73,15 +73,10 @@ def decode_settings(config: DataConfig) -> DecodeSettings:
 def decoded_file_batches(paths: list[str], config: DataConfig, batch_size: int = 256) -> Iterator[np.ndarray]:
     """uint8 [<=batch_size, H, W, C] batches of image files in order, decoded in parallel by the
     training decoder (the pixel cache streams them to disk as they come)."""
-    size, channels = tuple(config.image_size), config.channels
-
-    @tf.autograph.experimental.do_not_convert  # see decoded_images
-    def load(path):
-        return encoded_to_pixels(tf.io.read_file(path), channels, size, config.resize, config.interpolation)
-
+    decode_file = file_decoder(config.channels, tuple(config.image_size), config.resize, config.interpolation)
     dataset = (
         tf.data.Dataset.from_tensor_slices(paths)
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .map(decode_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
         .with_options(one_pass_options())
