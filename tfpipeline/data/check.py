@@ -172,12 +172,12 @@ def decode_failures(
 
     from tfpipeline.data.decode import decode_image, file_decoder, one_pass_options
 
-    # Traced as written (branches test Python values): autograph's rewrite of the decoder took
-    # ~2 s of every first run's check on 2 cores, the pass itself ~3 s.
-    decode_file = None
+    decode_file = None  # the training decoder, traced once per process (decode.file_decoder)
     if settings is not None:
         decode_file = file_decoder(settings.channels, settings.size, settings.resize, settings.interpolation)
 
+    # Traced as written (branches test Python values): autograph's rewrite of the decoder took
+    # ~2 s of every first run's check on 2 cores, the pass itself ~3 s.
     @tf.autograph.experimental.do_not_convert
     def decode_one(index, path):
         if decode_file is not None:
