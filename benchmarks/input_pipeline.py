@@ -17,6 +17,11 @@ One warm-up pass of each variant is excluded; then every variant runs `--repeats
 repeat's figure beside it. Files are read once before timing so the page cache holds them. The
 JSON carries the CPU (`cpu`), oneDNN state and library versions.
 
+Beside images/s, `cpu_seconds` gives the CPU time (user + system, both cores) each tfpipeline
+pass took, and `system_seconds` its kernel share (page faults, mostly): on a shared VM the wall
+clock of one 0.3-0.5 s pass varied 1.6-2.1x between identical runs (AMD EPYC Zen 3), its CPU
+time 1.15-1.25x.
+
     python benchmarks/input_pipeline.py [--data DIR ...] [--image-size 224] [--repeats 3] [--no-reference]
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -67,8 +73,30 @@ def reference_layout(split) -> Path:
     return root
 
 
+def cpu_times() -> tuple[float, float]:
+    """This process's (user + system, system) CPU seconds so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_stime
+
+
+class Pass:
+    """Times one pass from its creation: images/s by the wall clock, and the CPU seconds taken."""
+
+    def __init__(self):
+        self.start, (self.cpu, self.system) = time.perf_counter(), cpu_times()
+
+    def result(self, count: int) -> dict[str, float]:
+        cpu, system = cpu_times()
+        return {
+            "images_per_sec": count / (time.perf_counter() - self.start),
+            "cpu_seconds": cpu - self.cpu,
+            "system_seconds": system - self.system,
+        }
+
+
 class TfPipeline:
-    """The three tfpipeline variants over one split (each call builds what it times)."""
+    """The tfpipeline variants over one split (each call builds what it times and returns
+    :meth:`Pass.result`)."""
 
     def __init__(self, split, size: int, batch_size: int, folders: list[Path]):
         from tfpipeline.config import DataConfig
@@ -83,31 +111,26 @@ class TfPipeline:
 
         return build_dataset(self.split, self.config, scaling="unit", training=True, num_classes=2)
 
-    def _epoch(self, dataset) -> float:
-        start = time.perf_counter()
-        count = sum(int(images.shape[0]) for images, _ in dataset)
-        return count / (time.perf_counter() - start)
+    def _epoch(self, dataset) -> dict[str, float]:
+        timing = Pass()
+        return timing.result(sum(int(images.shape[0]) for images, _ in dataset))
 
-    def first_epoch(self) -> float:
+    def first_epoch(self) -> dict[str, float]:
         """An empty pixel cache: decoding everything is the epoch."""
         with tempfile.TemporaryDirectory(prefix="tfp-bench-cache-") as cache:
             os.environ["TFPIPELINE_CACHE_DIR"] = cache
-            start = time.perf_counter()
-            dataset = self._dataset()
-            count = sum(int(images.shape[0]) for images, _ in dataset)
-            return count / (time.perf_counter() - start)
+            timing = Pass()
+            return timing.result(sum(int(images.shape[0]) for images, _ in self._dataset()))
 
-    def second_run(self) -> float:
+    def second_run(self) -> dict[str, float]:
         """A filled pixel cache (built once, outside the timing) and a brand-new pipeline."""
         if "TFPIPELINE_BENCH_WARM" not in os.environ:
             os.environ["TFPIPELINE_BENCH_WARM"] = tempfile.mkdtemp(prefix="tfp-bench-warm-")
         os.environ["TFPIPELINE_CACHE_DIR"] = os.environ["TFPIPELINE_BENCH_WARM"]
-        start = time.perf_counter()
-        dataset = self._dataset()
-        count = sum(int(images.shape[0]) for images, _ in dataset)
-        return count / (time.perf_counter() - start)
+        timing = Pass()
+        return timing.result(sum(int(images.shape[0]) for images, _ in self._dataset()))
 
-    def second_run_new_process(self) -> float:
+    def second_run_new_process(self) -> dict[str, float]:
         """`second_run` in a new process (this script with --second-run-child) on the filled cache."""
         size, batch = str(self.config.image_size[0]), str(self.config.batch_size)
         command = [sys.executable, __file__, "--second-run-child", "--image-size", size]
@@ -115,9 +138,9 @@ class TfPipeline:
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
         if completed.returncode != 0:
             raise RuntimeError(f"second run in a new process failed:\n{completed.stderr[-2000:]}")
-        return float(json.loads(completed.stdout.strip().splitlines()[-1])["images_per_sec"])
+        return json.loads(completed.stdout.strip().splitlines()[-1])
 
-    def cached_epoch(self) -> float:
+    def cached_epoch(self) -> dict[str, float]:
         if self.kept is None:
             self.kept = self._dataset()
             self._epoch(self.kept)
@@ -156,7 +179,7 @@ def main() -> None:
     quiet_tensorflow()
     if args.second_run_child:  # the new process of `second_run_new_process`: one timed pass
         child = TfPipeline(combined_split(args.data), args.image_size, args.batch_size, args.data)
-        print(json.dumps({"images_per_sec": child.second_run()}))
+        print(json.dumps(child.second_run()))
         return
     missing = [str(d) for d in args.data if not d.is_dir()]
     if missing:
@@ -176,18 +199,28 @@ def main() -> None:
     if not reason:
         layout = str(reference_layout(split))
         for workers in (0, 2):
-            variants[f"reference_workers{workers}"] = lambda w=workers: run_reference(
-                "load", layout, "--workers", str(w), "--image-size", str(args.image_size)
-            )["images_per_sec"]
+            variants[f"reference_workers{workers}"] = lambda w=workers: {
+                "images_per_sec": run_reference(
+                    "load", layout, "--workers", str(w), "--image-size", str(args.image_size)
+                )["images_per_sec"]
+            }  # its CPU time is not measured: the process's would include its imports
     for measure in variants.values():  # warm-up, not timed (also fills the second run's cache)
         measure()
-    figures: dict[str, list[float]] = {name: [] for name in variants}
+    passes: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for repeat in range(args.repeats):
         order = list(variants)
         if repeat % 2:
             order.reverse()  # alternate the order, so drift does not favour one variant
         for name in order:
-            figures[name].append(round(variants[name](), 1))
+            passes[name].append(variants[name]())
+    figures = {name: [round(p["images_per_sec"], 1) for p in runs] for name, runs in passes.items()}
+
+    def cpu_figure(key: str) -> dict[str, dict[str, float]]:
+        return {
+            name: {"median": round(statistics.median(v), 3), "repeats": [round(x, 3) for x in v]}
+            for name, runs in passes.items()
+            if (v := [p[key] for p in runs if key in p])
+        }
 
     result = {
         "benchmark": "input_pipeline",
@@ -197,6 +230,8 @@ def main() -> None:
         **machine(),
         "images_per_sec": {name: statistics.median(values) for name, values in figures.items()},
         "repeats": figures,
+        "cpu_seconds": cpu_figure("cpu_seconds"),
+        "system_seconds": cpu_figure("system_seconds"),
         **check_seconds(split, args.image_size),
     }
     if reason:

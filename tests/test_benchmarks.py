@@ -28,7 +28,7 @@ def run_benchmark(script: str, *args: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # benchmark smoke test (13 s); run with -m slow
+@pytest.mark.slow  # benchmark smoke test (~45 s: new processes import TensorFlow); run with -m slow
 def test_input_pipeline_benchmark(class_folder, image_folder):
     result = run_benchmark(
         "input_pipeline.py",
@@ -38,6 +38,8 @@ def test_input_pipeline_benchmark(class_folder, image_folder):
     assert result["images"] == 24 + 16
     for variant in ("first_epoch", "second_run", "second_run_new_process", "cached_epoch"):
         assert result["images_per_sec"][variant] > 0 and len(result["repeats"][variant]) == 2
+        assert result["cpu_seconds"][variant]["median"] > 0
+        assert len(result["system_seconds"][variant]["repeats"]) == 2
     assert result["cpu"]["cores"] >= 1 and "model" in result["cpu"] and "tensorflow" in result["versions"]
     assert result["reference"] == {"skipped": "skipped by --no-reference"}
 
