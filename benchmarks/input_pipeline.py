@@ -18,7 +18,7 @@ repeat's figure beside it. Files are read once before timing so the page cache h
 JSON carries the CPU (`cpu`), oneDNN state and library versions.
 
 Beside images/s, `cpu_seconds` gives the CPU time (user + system, both cores) each tfpipeline
-pass took, and `system_seconds` its kernel share (page faults, mostly): on a shared VM the wall
+pass took, and `system_seconds` its kernel share (file reads, page faults): on a shared VM the wall
 clock of one 0.3-0.5 s pass varied 1.6-2.1x between identical runs (AMD EPYC Zen 3), its CPU
 time 1.15-1.25x.
 
