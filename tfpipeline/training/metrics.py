@@ -9,6 +9,7 @@ plots and `compare` line up across runs and models.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -75,7 +76,7 @@ def training_metrics(num_classes: int, threshold: float | None = None) -> list[k
             keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold),
             keras.metrics.Precision(thresholds=threshold, name="precision"),
             keras.metrics.Recall(thresholds=threshold, name="recall"),
-            keras.metrics.F1Score(average="micro", threshold=threshold, name="f1"),
+            built_f1(1, average="micro", threshold=threshold, name="f1"),
             keras.metrics.AUC(curve="ROC", num_thresholds=500, name="auc"),
             keras.metrics.AUC(curve="PR", num_thresholds=500, name="pr_auc"),
         ]
@@ -83,13 +84,28 @@ def training_metrics(num_classes: int, threshold: float | None = None) -> list[k
         keras.metrics.CategoricalAccuracy(name="accuracy"),
         MacroPrecision(num_classes),
         MacroRecall(num_classes),
-        keras.metrics.F1Score(average="macro", name="f1"),
+        built_f1(num_classes, average="macro", name="f1"),
         keras.metrics.AUC(curve="ROC", num_thresholds=500, name="auc"),
     ]
     metrics += [
         keras.metrics.TopKCategoricalAccuracy(k=k, name=f"top{k}_accuracy") for k in (3, 5) if num_classes > k
     ]
     return metrics
+
+
+def built_f1(width: int, **options) -> keras.metrics.F1Score:
+    """`keras.metrics.F1Score(**options)` for predictions of `width` columns, its state created.
+
+    F1Score creates its variables on its first update, which is inside the train step's first
+    trace, and a tf.function whose first trace creates variables is traced twice (see
+    :func:`~tfpipeline.training.compile.compile_model`). One update on a zero row, then a reset,
+    creates them now; the metric starts from zero as before.
+    """
+    metric = keras.metrics.F1Score(**options)
+    zeros = np.zeros((1, width), np.float32)
+    metric.update_state(zeros, zeros)
+    metric.reset_state()
+    return metric
 
 
 def monitor_metric(num_classes: int) -> str:
