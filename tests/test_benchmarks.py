@@ -28,7 +28,7 @@ def run_benchmark(script: str, *args: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # benchmark smoke test (~45 s: new processes import TensorFlow); run with -m slow
+@pytest.mark.slow  # benchmark smoke test (~35 s: new processes import TensorFlow); run with -m slow
 def test_input_pipeline_benchmark(class_folder, image_folder):
     result = run_benchmark(
         "input_pipeline.py",

@@ -23,6 +23,7 @@ from conftest import EXPORT_TOLERANCE, write_split_folder
 from tfpipeline.cli import main
 from tfpipeline.config import ModelConfig, TrainConfig
 from tfpipeline.errors import UserError
+from tfpipeline.ood.autoencoder import train_autoencoder
 from tfpipeline.ood.detectors import calibrate, fit_mahalanobis, mahalanobis_reference, score_views
 from tfpipeline.ood.views import ViewLayout
 
@@ -336,3 +337,18 @@ def test_the_fit_uses_a_seeded_subset_of_a_large_training_split():
     assert len(chosen.labels) == 20 and chosen.paths == fit_subset(split, seed=1, limit=20).paths
     assert list(chosen.paths) == sorted(chosen.paths, key=lambda p: int(p[3:-4]))  # original order kept
     assert chosen.paths != fit_subset(split, seed=2, limit=20).paths
+
+
+def test_the_autoencoders_first_train_step_creates_no_variables_so_it_is_traced_once():
+    images = np.random.default_rng(0).random((32, 24, 24, 3), dtype=np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(32))).batch(16)
+    created: list[str] = []
+
+    def record(next_creator, **kwargs):
+        if tf.inside_function():
+            created.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(record):
+        _, facts = train_autoencoder(dataset, "unit", channels=3, side=24, steps=2, seed=1)
+    assert created == [] and np.isfinite(facts["train_loss"])

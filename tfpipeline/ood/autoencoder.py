@@ -91,6 +91,9 @@ def train_autoencoder(
     keras.utils.set_random_seed(seed)
     model = build_autoencoder(channels, side)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    # Adam's slots created now, not in the first train step: that step would be traced twice
+    # (see tfpipeline.training.compile.compile_model).
+    model.optimizer.build(model.trainable_variables)
     epochs = max(1, math.ceil(steps / math.ceil(len(images) / BATCH)))
     history = model.fit(images, images, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0)
     facts = {"side": side, "epochs": epochs, "train_loss": float(history.history["loss"][-1])}
