@@ -111,24 +111,24 @@ class TfPipeline:
 
         return build_dataset(self.split, self.config, scaling="unit", training=True, num_classes=2)
 
-    def _epoch(self, dataset) -> dict[str, float]:
+    def _epoch(self, dataset=None) -> dict[str, float]:
+        """One timed pass over `dataset`, or over a new pipeline built inside the timing."""
         timing = Pass()
+        dataset = self._dataset() if dataset is None else dataset
         return timing.result(sum(int(images.shape[0]) for images, _ in dataset))
 
     def first_epoch(self) -> dict[str, float]:
         """An empty pixel cache: decoding everything is the epoch."""
         with tempfile.TemporaryDirectory(prefix="tfp-bench-cache-") as cache:
             os.environ["TFPIPELINE_CACHE_DIR"] = cache
-            timing = Pass()
-            return timing.result(sum(int(images.shape[0]) for images, _ in self._dataset()))
+            return self._epoch()
 
     def second_run(self) -> dict[str, float]:
         """A filled pixel cache (built once, outside the timing) and a brand-new pipeline."""
         if "TFPIPELINE_BENCH_WARM" not in os.environ:
             os.environ["TFPIPELINE_BENCH_WARM"] = tempfile.mkdtemp(prefix="tfp-bench-warm-")
         os.environ["TFPIPELINE_CACHE_DIR"] = os.environ["TFPIPELINE_BENCH_WARM"]
-        timing = Pass()
-        return timing.result(sum(int(images.shape[0]) for images, _ in self._dataset()))
+        return self._epoch()
 
     def second_run_new_process(self) -> dict[str, float]:
         """`second_run` in a new process (this script with --second-run-child) on the filled cache."""
