@@ -1,5 +1,5 @@
 """fast_resnet and the fast-training techniques: whitening stem, identity init, schedules,
-BatchNorm-offset learning rate, pixel shifts, weight averaging (EMA) and test-time augmentation."""
+BatchNorm-offset learning rate, lookahead, pixel shifts, weight averaging (EMA) and test-time augmentation."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tfpipeline.models.fast_resnet import PartialIdentity, init_whitening, white
 from tfpipeline.models.tta import with_tta
 from tfpipeline.training import train
 from tfpipeline.training.compile import make_optimizer, norm_offsets
-from tfpipeline.training.optimizers import OneCycle, ScaledSGD, WarmupCosine
+from tfpipeline.training.optimizers import FastSGD, OneCycle, WarmupCosine
 
 TINY = ModelConfig(name="fast_resnet", filters=(8, 16, 16))
 
@@ -129,7 +129,7 @@ def test_norm_lr_scale_multiplies_the_batchnorm_offset_step():
         return [(v.name, v.numpy() - b) for v, b in zip(model.trainable_variables, before, strict=True)]
 
     plain = one_step(lambda model: keras.optimizers.SGD(0.1))
-    scaled = one_step(lambda model: ScaledSGD(0.1, scaled_paths=norm_offsets(model), scale=64.0))
+    scaled = one_step(lambda model: FastSGD(0.1, scaled_paths=norm_offsets(model), scale=64.0))
     assert [name for name, _ in plain] == ["kernel", "bias", "gamma", "beta"]
     for (name, step), (_, scaled_step) in zip(plain, scaled, strict=True):
         factor = 64.0 if name == "beta" else 1.0
@@ -137,9 +137,57 @@ def test_norm_lr_scale_multiplies_the_batchnorm_offset_step():
     config = TrainConfig(norm_lr_scale=8.0, nesterov=True, weight_decay=0.01, ema=0.9)
     model = build_model(TINY, (32, 32, 3), 10)
     optimizer = make_optimizer(config, 10, model)
-    assert isinstance(optimizer, ScaledSGD) and len(optimizer.scaled_paths) == 6 and optimizer.use_ema
+    assert isinstance(optimizer, FastSGD) and len(optimizer.scaled_paths) == 6 and optimizer.use_ema
     with pytest.raises(UserError, match="--norm-lr-scale applies to --optimizer sgd"):
         TrainConfig(optimizer="adam", norm_lr_scale=2.0)
+
+
+def test_lookahead_resets_the_weights_to_their_slow_average_on_schedule(tmp_path):
+    """Against a reference written out by hand: Nesterov SGD, then every 2 steps
+    slow += (1 - d) (w - slow) with d = 0.95**2 (step/total)**3, w = slow; at the last step w = slow."""
+    total = 5
+    x, y = np.random.default_rng(0).random((8, 4)), np.random.default_rng(1).random((8, 3))
+
+    def dense():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+
+    model, reference = dense(), dense()
+    sgd = {"learning_rate": 0.3, "momentum": 0.85, "nesterov": True}
+    model.compile(FastSGD(**sgd, lookahead=2, total_steps=total), "mse")
+    reference.compile(keras.optimizers.SGD(**sgd), "mse")
+    slow = reference.get_weights()
+    for step in range(1, total + 1):
+        model.train_on_batch(x, y)
+        reference.train_on_batch(x, y)
+        if step % 2 == 0 or step == total:
+            decay = 1.0 if step == total else 0.95**2 * (step / total) ** 3
+            slow = [s + (1 - decay) * (w - s) for s, w in zip(slow, reference.get_weights(), strict=True)]
+            reference.set_weights(slow)
+        for got, want in zip(model.get_weights(), reference.get_weights(), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+    assert not np.allclose(model.get_weights()[0], dense().get_weights()[0])  # it did train
+
+    # The slow copy is optimizer state: a checkpoint holds it, so a resumed run continues exactly.
+    model.save_weights(tmp_path / "checkpoint.weights.h5")
+    restored = dense()
+    restored.compile(FastSGD(**sgd, lookahead=2, total_steps=total), "mse")
+    restored.optimizer.build(restored.trainable_variables)
+    restored.load_weights(tmp_path / "checkpoint.weights.h5")
+    slow_paths = [v.path for v in restored.optimizer.variables if v.path.endswith("_slow")]
+    assert len(slow_paths) == 2
+    for got, want in zip(restored.optimizer.variables, model.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+    config = TrainConfig(lookahead=5, nesterov=True)
+    optimizer = make_optimizer(config, 40, build_model(TINY, (32, 32, 3), 10))
+    assert isinstance(optimizer, FastSGD) and (optimizer.lookahead, optimizer.total_steps) == (5, 40)
+    assert optimizer.scaled_paths == ()  # lookahead alone scales nothing
+    assert FastSGD.from_config(optimizer.get_config()).get_config() == optimizer.get_config()
+    with pytest.raises(UserError, match="--lookahead applies to --optimizer sgd"):
+        TrainConfig(optimizer="adamw", lookahead=5)
+    with pytest.raises(UserError, match="--lookahead is a number of steps"):
+        TrainConfig(lookahead=-1)
 
 
 def test_random_shift_moves_whole_pixels_with_reflected_borders():
@@ -223,7 +271,7 @@ class _Interrupt(keras.callbacks.Callback):
 
 
 @pytest.mark.slow  # 35-43 s (three trainings); EMA checkpoints, TTA export and resume also have fast tests
-def test_an_ema_tta_run_resumes_exactly_and_exports_its_tta(image_folder, tmp_path):
+def test_an_ema_lookahead_tta_run_resumes_exactly_and_exports_its_tta(image_folder, tmp_path):
     import json
 
     import pandas as pd
@@ -234,7 +282,14 @@ def test_an_ema_tta_run_resumes_exactly_and_exports_its_tta(image_folder, tmp_pa
 
     def config(where):
         base = _config(
-            image_folder, tmp_path / where, ema=0.7, tta="flip", schedule="onecycle", nesterov=True
+            image_folder,
+            tmp_path / where,
+            ema=0.7,
+            tta="flip",
+            schedule="onecycle",
+            nesterov=True,
+            lookahead=2,
+            norm_lr_scale=8.0,
         )
         return replace(base, train=replace(base.train, epochs=3))
 

@@ -235,6 +235,9 @@ class TrainConfig:
             before cosine decay (default 0).
         norm_lr_scale: learning-rate multiplier for BatchNorm offsets (SGD), which fast training
             recipes raise far above the weights' rate.
+        lookahead: SGD lookahead (airbench): every this many steps the weights are reset to a
+            slow average of themselves, which averages more and more toward the end of the
+            run; at the last step they become the average (0: off).
         ema: decay of an exponential moving average of the weights (0: off); validation,
             checkpoints and the final model use the averaged weights.
         tta: test-time augmentation at evaluation, prediction and in exported models: `flip`
@@ -258,6 +261,7 @@ class TrainConfig:
     schedule: str = "none"
     warmup: float | None = None
     norm_lr_scale: float = 1.0
+    lookahead: int = 0
     ema: float = 0.0
     tta: str = "none"
     precision: str = "auto"
@@ -294,6 +298,10 @@ class TrainConfig:
             raise UserError(f"--norm-lr-scale must be positive, got {self.norm_lr_scale}")
         if self.norm_lr_scale != 1.0 and self.optimizer != "sgd":
             raise UserError("--norm-lr-scale applies to --optimizer sgd (adaptive optimisers rescale steps)")
+        if self.lookahead < 0:
+            raise UserError(f"--lookahead is a number of steps between syncs (0: off), got {self.lookahead}")
+        if self.lookahead and self.optimizer != "sgd":
+            raise UserError(f"--lookahead applies to --optimizer sgd, not {self.optimizer}")
         if not 0.0 <= self.ema < 1.0:
             raise UserError(f"--ema is a decay in [0, 1) (e.g. 0.999; 0: off), got {self.ema}")
         _choice("class_weight", self.class_weight, ("none", "balanced"))

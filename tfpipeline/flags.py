@@ -201,6 +201,12 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--warmup", type=float, metavar="SHARE", help="share of steps warming up (cosine/onecycle)"
     )
     group.add_argument("--norm-lr-scale", type=float, help="SGD: lr multiplier for BatchNorm offsets")
+    group.add_argument(
+        "--lookahead",
+        type=int,
+        metavar="STEPS",
+        help="SGD: every STEPS steps, reset the weights to their slow average (0: off)",
+    )
     group.add_argument("--ema", type=float, metavar="DECAY", help="average the weights (e.g. 0.999); 0: off")
     group.add_argument(
         "--tta",

@@ -6,7 +6,7 @@ import keras
 
 from tfpipeline.config import TrainConfig
 from tfpipeline.training.metrics import training_metrics
-from tfpipeline.training.optimizers import OneCycle, ScaledSGD, WarmupCosine
+from tfpipeline.training.optimizers import FastSGD, OneCycle, WarmupCosine
 
 ADAMW_DEFAULT_DECAY = 1e-4
 
@@ -37,8 +37,8 @@ def _all_layers(model: keras.Model):
 
 
 def make_optimizer(config: TrainConfig, total_steps: int, model: keras.Model | None = None):
-    """SGD (momentum, Nesterov), Adam or AdamW with the run's schedule, decoupled weight decay
-    and optional weight averaging (`ema`).
+    """SGD (momentum, Nesterov, BatchNorm-offset lr scale, lookahead), Adam or AdamW with the
+    run's schedule, decoupled weight decay and optional weight averaging (`ema`).
 
     Args:
         config: the training options.
@@ -57,8 +57,15 @@ def make_optimizer(config: TrainConfig, total_steps: int, model: keras.Model | N
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=lr, **common)
     sgd = {"learning_rate": lr, "momentum": config.momentum, "nesterov": config.nesterov, **common}
-    if config.norm_lr_scale != 1.0 and model is not None:
-        return ScaledSGD(scaled_paths=norm_offsets(model), scale=config.norm_lr_scale, **sgd)
+    if config.norm_lr_scale != 1.0 or config.lookahead:
+        scaled = norm_offsets(model) if model is not None and config.norm_lr_scale != 1.0 else ()
+        return FastSGD(
+            scaled_paths=scaled,
+            scale=config.norm_lr_scale,
+            lookahead=config.lookahead,
+            total_steps=total_steps,
+            **sgd,
+        )
     return keras.optimizers.SGD(**sgd)
 
 

@@ -28,6 +28,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "schedule": ("train", "schedule"),
     "warmup": ("train", "warmup"),
     "norm_lr_scale": ("train", "norm_lr_scale"),
+    "lookahead": ("train", "lookahead"),
     "ema": ("train", "ema"),
     "label_smoothing": ("train", "label_smoothing"),
     "batch_size": ("data", "batch_size"),
