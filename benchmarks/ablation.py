@@ -60,6 +60,12 @@ TECHNIQUES = {
         ["--label-smoothing", "0"],
         lambda c: bool(c.train.label_smoothing),
     ),
+    "norm_lr_scale": (
+        "BatchNorm-offset lr scale",
+        ["--norm-lr-scale", "1"],
+        lambda c: c.train.norm_lr_scale != 1.0,
+    ),
+    "lookahead": ("lookahead (airbench)", ["--lookahead", "0"], lambda c: bool(c.train.lookahead)),
     "ema": ("EMA of weights", ["--ema", "0"], lambda c: bool(c.train.ema)),
     "augmentation": (
         "flip + shift augmentation",
