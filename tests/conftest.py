@@ -14,6 +14,10 @@ Fixtures for any test that needs images on disk (data, training, export tests):
   writes `n` more images of a class into `folder` (created if needed); returns their paths.
 - ``add_bad_file`` -> ``add_bad_file(folder, kind, name=None)`` writes one bad or unusual file
   of `kind` (a key of ``BAD_FILES``) into `folder` and returns its path.
+- ``variables_created_in_functions()`` (a plain context manager: ``from conftest import ...``)
+  yields a list that collects the name of every TensorFlow variable created inside a
+  tf.function while the block runs (a function whose first trace creates variables is traced
+  twice).
 - ``write_split_folder(root, counts=(("train", 8), ("val", 2), ("test", 2)), classes=CLASSES,
   formats=("jpg", "png"), sizes=SIZES)`` (a plain function: ``from conftest import ...``)
   writes such a split layout anywhere; image indices run on across splits, so no image is
@@ -377,6 +381,22 @@ def keras_reference(run: Path, split: str = "test") -> tuple[list[str], np.ndarr
 
 BINARY_NAMES = ["cat", "dog"]
 MULTI_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]
+
+
+@contextlib.contextmanager
+def variables_created_in_functions() -> Iterator[list[str]]:
+    """Names of the TensorFlow variables created inside a tf.function during the block."""
+    import tensorflow as tf
+
+    created: list[str] = []
+
+    def record(next_creator, **kwargs):
+        if tf.inside_function():
+            created.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(record):
+        yield created
 
 
 def binary_scores(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import EXPORT_TOLERANCE, write_split_folder
+from conftest import EXPORT_TOLERANCE, variables_created_in_functions, write_split_folder
 
 from tfpipeline.cli import main
 from tfpipeline.config import ModelConfig, TrainConfig
@@ -342,13 +342,6 @@ def test_the_fit_uses_a_seeded_subset_of_a_large_training_split():
 def test_the_autoencoders_first_train_step_creates_no_variables_so_it_is_traced_once():
     images = np.random.default_rng(0).random((32, 24, 24, 3), dtype=np.float32)
     dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(32))).batch(16)
-    created: list[str] = []
-
-    def record(next_creator, **kwargs):
-        if tf.inside_function():
-            created.append(kwargs.get("name"))
-        return next_creator(**kwargs)
-
-    with tf.variable_creator_scope(record):
+    with variables_created_in_functions() as created:
         _, facts = train_autoencoder(dataset, "unit", channels=3, side=24, steps=2, seed=1)
     assert created == [] and np.isfinite(facts["train_loss"])

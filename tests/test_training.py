@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-import tensorflow as tf
+from conftest import variables_created_in_functions
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from tfpipeline.cli import main
@@ -53,19 +53,12 @@ def test_the_first_train_step_creates_no_variables_so_it_is_traced_once(num_clas
     compile_model(
         model, TrainConfig(epochs=1, **options), num_classes, steps_per_epoch=2, threshold=threshold
     )
-    created: list[str] = []
-
-    def record(next_creator, **kwargs):
-        if tf.inside_function():
-            created.append(kwargs.get("name"))
-        return next_creator(**kwargs)
-
     labels = np.array([0, 1, 1, 0, 1, 0, 0, 1])
     targets = (
         labels[:, None].astype("float32") if num_classes == 2 else np.eye(num_classes)[labels % num_classes]
     )
     images = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
-    with tf.variable_creator_scope(record):
+    with variables_created_in_functions() as created:
         history = model.fit(images, targets, batch_size=4, epochs=1, verbose=0)
     assert created == []
     assert 0.0 <= history.history["f1"][0] <= 1.0  # the pre-created F1 state counted this epoch
