@@ -169,7 +169,7 @@ def test_region_targets_from_names_and_the_masked_loss():
     )
     targets = region_targets_of(split, ("fake", "real"), "fake")
     assert targets.tolist() == [[1, 0, 0, 1], [-1, -1, -1, -1], [0, 0, 0, 0], [0, 1, 0, 0]]
-    with pytest.raises(UserError, match="--aux-regions needs a real/fake task"):
+    with pytest.raises(UserError, match="--aux-regions and --region-crops need a real/fake task"):
         region_targets_of(split, ("cat", "dog"), "fake")
     probs = np.full((4, 4), 0.5, np.float32)
     unknown_changed = probs.copy()

@@ -182,6 +182,8 @@ class ModelConfig:
         head_scale: factor on the output layer's logits (0: the model's own; fast_resnet 1/9).
         aux_regions: weight of an auxiliary head that names the edited face regions (eyes, nose,
             mouth) of a fake, learnt from CIPLAB file names and self-blended fakes (0: off).
+        region_crops: side in pixels of the crops around the eyes, nose and mouth that a
+            region-crop model classifies one by one (0: off; :mod:`tfpipeline.models.region_crops`).
     """
 
     name: str = "small_cnn"
@@ -200,6 +202,7 @@ class ModelConfig:
     bn_momentum: float = 0.0
     head_scale: float = 0.0
     aux_regions: float = 0.0
+    region_crops: int = 0
 
     def __post_init__(self) -> None:
         _choice("padding", self.padding, ("valid", "same"))
@@ -210,6 +213,10 @@ class ModelConfig:
             raise UserError(f"--bn-momentum must be in [0, 1), got {self.bn_momentum}")
         if self.aux_regions < 0:
             raise UserError(f"--aux-regions is a loss weight (e.g. 0.1; 0: off), got {self.aux_regions}")
+        if self.region_crops < 0:
+            raise UserError(
+                f"--region-crops is a crop side in pixels (e.g. 80; 0: off), got {self.region_crops}"
+            )
         if self.head_scale < 0:
             raise UserError(f"--head-scale must be positive (0: the model's own), got {self.head_scale}")
         if not 0.0 <= self.dropout_rate < 1.0:

@@ -178,6 +178,14 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         metavar="WEIGHT",
         help="fast_resnet: an auxiliary head naming the edited face regions, this loss weight (e.g. 0.1)",
     )
+    group.add_argument(
+        "--region-crops",
+        type=int,
+        metavar="SIZE",
+        help="fast_resnet, real/fake faces: classify SIZE-pixel crops of the eyes, nose and mouth, each "
+        "trained on its own edited/unedited target, and score the image by their mean (e.g. "
+        "--image-size 256 --region-crops 80; the crops flip and shift themselves: no --flip/--shift)",
+    )
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:

@@ -321,8 +321,8 @@ def region_targets_of(split: Split, class_names: tuple[str, ...], fake_class: st
 
     if fake_class not in class_names:
         raise UserError(
-            f"--aux-regions needs a real/fake task with a '{fake_class}' class (or --fake-class NAME); "
-            f"classes here: {', '.join(class_names)}"
+            f"--aux-regions and --region-crops need a real/fake task with a '{fake_class}' class "
+            f"(or --fake-class NAME); classes here: {', '.join(class_names)}"
         )
     fake = class_names.index(fake_class)
     targets = np.full((len(split), 4), -1.0, np.float32)

@@ -143,14 +143,16 @@ def evaluate_run(
         if breakdown:
             metrics["breakdown"] = breakdown
             report += "\n" + breakdown_table(breakdown)
-        if context.config.model.aux_regions:
+        model_config = context.config.model
+        if model_config.aux_regions or model_config.region_crops:
             head = region_head_report(
                 chosen.split.paths, y_true, _region_probs(context, chosen.dataset), names, fake_class
             )
             if head:
                 metrics["region_head"] = head
                 report += (
-                    "\nauxiliary region head, AUC per region: "
+                    ("\nregion crops" if model_config.region_crops else "\nauxiliary region head")
+                    + ", AUC per region: "
                     + ", ".join(
                         f"{region} {row['auc']:.3f} ({row['positives']} edited)"
                         for region, row in head.items()
@@ -253,7 +255,8 @@ def _adversarial(model, dataset, y_true, probs, epsilons, context, out_dir: Path
 
 
 def _region_probs(context: RunContext, dataset) -> np.ndarray:
-    """The auxiliary region head's outputs [N, 4] over `dataset` (runs trained with --aux-regions)."""
+    """The region outputs [N, 4] over `dataset` (the auxiliary head of --aux-regions, the region
+    crops' probabilities of --region-crops)."""
     import keras
 
     full = keras.models.load_model(context.run.model_checkpoint(), compile=False)

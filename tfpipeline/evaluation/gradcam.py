@@ -31,6 +31,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from tfpipeline.evaluation.plots import _displayable
+from tfpipeline.models.region_crops import region_crop_layer
 
 CONV_TYPES = (
     keras.layers.Conv2D,
@@ -90,7 +91,12 @@ def gradcam_heatmaps(
         raise ValueError(f"the model output does not depend on layer {'/'.join(path)}")
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
     cam = tf.nn.relu(tf.reduce_sum(weights * conv_out, axis=-1, keepdims=True))
-    cam = tf.image.resize(cam, tuple(images.shape[1:3]), method="bilinear")[..., 0].numpy()
+    crops = region_crop_layer(model)
+    if crops is not None:  # one map per region crop, placed back where the crop came from
+        cam = tf.image.resize(cam, (crops.size, crops.size), method="bilinear")[..., 0].numpy()
+        cam = crops.paste(cam, *images.shape[1:3])
+    else:
+        cam = tf.image.resize(cam, tuple(images.shape[1:3]), method="bilinear")[..., 0].numpy()
     peak = cam.reshape(len(cam), -1).max(axis=1)
     cam = cam / np.where(peak > 0, peak, 1.0)[:, None, None]
     return np.clip(cam, 0.0, 1.0).astype(np.float32)

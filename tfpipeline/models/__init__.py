@@ -76,8 +76,17 @@ def _layer(name: str) -> Callable[[ModelConfig], str]:
 
 
 def _fast_resnet_taps(config: ModelConfig) -> tuple[str, ...]:
-    """The stem's and each of the three groups' final activation (the block outputs)."""
+    """The stem's and each of the three groups' final activation (the block outputs); none for
+    region crops, whose feature maps hold four crops per image (their embedding has them all)."""
+    if config.region_crops:
+        return ()
     return ("stem_act", "group1_act2", "group2_act2", "group3_act2")
+
+
+def _fast_resnet_embedding(config: ModelConfig) -> str:
+    """Global max-pool features (the head is linear on them); with region crops, the four
+    regions' pooled features side by side."""
+    return "region_features" if config.region_crops else "pool"
 
 
 def _last_dense(config: ModelConfig, default: int = 3) -> str:
@@ -106,7 +115,7 @@ class ModelSpec:
             images (float32, already scaled as the model expects) before the first epoch.
         any_size: the model accepts images of any size (it pools globally), so it can train on
             crops (`--crop`) and be evaluated on whole images.
-        aux_head: the model can grow the auxiliary region head (`--aux-regions`).
+        aux_head: the model can learn the face regions CIPLAB names edit (`--aux-regions`, `--region-crops`).
         embedding_layer: `config -> layer name` whose output is the model's penultimate
             embedding, the features out-of-domain detection models (:mod:`tfpipeline.ood`).
         ood_taps: `config -> layer names` of feature maps whose channel means the detector
@@ -167,7 +176,7 @@ MODELS: dict[str, ModelSpec] = {
         data_init=init_whitening,
         any_size=True,
         aux_head=True,
-        embedding_layer=_layer("pool"),  # global max-pool features; the head is linear on them
+        embedding_layer=_fast_resnet_embedding,
         ood_taps=_fast_resnet_taps,
     ),
     "keras_cnn": ModelSpec(

@@ -50,21 +50,26 @@ class AuxRegionModel(keras.Model):
     @property
     def main_model(self) -> keras.Model:
         """The classifier alone, as a functional model sharing this model's weights."""
-        return keras.Model(self.network.inputs, self.network.outputs[0], name=self.network.name)
+        inputs = self.network.inputs
+        inputs = inputs[0] if len(inputs) == 1 else inputs  # a tensor in, as for a plain classifier
+        return keras.Model(inputs, self.network.outputs[0], name=self.network.name)
+
+    def step_loss(self, x, label, regions, main, predicted):
+        """One training batch's loss from the network's outputs (`regions`: None when the batch
+        carries no region targets, which leaves the classification loss alone)."""
+        loss = self.compute_loss(x=x, y=label, y_pred=main, training=True)
+        if regions is not None:
+            loss = loss + self.aux_weight * masked_region_loss(regions, predicted)
+        return loss
 
     def train_step(self, data):
         import tensorflow as tf
 
         x, y = data[0], data[1]
-        if isinstance(y, (tuple, list)):
-            label, regions = y
-        else:  # no region targets in this batch: only the classification loss
-            label, regions = y, None
+        label, regions = y if isinstance(y, (tuple, list)) else (y, None)
         with tf.GradientTape() as tape:
             main, predicted = self.network(x, training=True)
-            loss = self.compute_loss(x=x, y=label, y_pred=main, training=True)
-            if regions is not None:
-                loss = loss + self.aux_weight * masked_region_loss(regions, predicted)
+            loss = self.step_loss(x, label, regions, main, predicted)
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         for metric in self.metrics:

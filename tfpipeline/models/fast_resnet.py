@@ -17,6 +17,9 @@ speed runs), each ingredient measured by our own ablation (benchmarks/README.md)
   whitened image through and training starts from a useful signal;
 - a **scaled linear head**: global max-pool, a bias-free dense layer whose logits are multiplied
   by 1/9 (`--head-scale`), which keeps the early softmax soft.
+
+For real-vs-fake faces, `--region-crops SIZE` runs the network on four SIZE-pixel crops of each
+image (eyes, nose, mouth) and scores the image by their mean (:mod:`~tfpipeline.models.region_crops`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ from tfpipeline.config import ModelConfig
 from tfpipeline.errors import UserError
 from tfpipeline.models.aux import REGION_OUTPUT, AuxRegionModel
 from tfpipeline.models.common import InputShape, check_inputs, choose, output_units, widths
+from tfpipeline.models.region_crops import (
+    RegionCropModel,
+    RegionCrops,
+    region_crop_layer,
+    region_features,
+    region_outputs,
+)
 from tfpipeline.models.stems import high_pass
 
 DEFAULT_WIDTHS = (64, 256, 256)
@@ -109,11 +119,15 @@ def build_fast_resnet(config: ModelConfig, input_shape: InputShape, num_classes:
     units, head_activation = output_units(num_classes)
 
     inputs = keras.Input(shape=(height, width, channels), name="image")
+    image = inputs
+    if config.region_crops:  # one shared network over four region crops (models.region_crops)
+        check_region_crops(config, height, width, units)
+        image = RegionCrops(config.region_crops, name="region_crops")(inputs)
     stem_width = 2 * channels * WHITEN_KERNEL**2
     if stem == "whiten":
-        x = WhiteningConv(stem_width, WHITEN_KERNEL, padding="valid", name="whiten")(inputs)
+        x = WhiteningConv(stem_width, WHITEN_KERNEL, padding="valid", name="whiten")(image)
     else:  # a trainable first conv, over the image or over a fixed high-pass residue of it
-        x = inputs if stem == "plain" else high_pass(stem, inputs)
+        x = image if stem == "plain" else high_pass(stem, image)
         x = layers.Conv2D(stem_width, WHITEN_KERNEL, padding="valid", name="stem")(x)
     x = layers.Activation(activation, name="stem_act")(x)
     for g, group_width in enumerate(group_widths, start=1):
@@ -131,13 +145,34 @@ def build_fast_resnet(config: ModelConfig, input_shape: InputShape, num_classes:
             x = layers.BatchNormalization(momentum=momentum, scale=False, name=f"group{g}_bn{c}")(x)
             x = layers.Activation(activation, name=f"group{g}_act{c}")(x)
     features = layers.GlobalMaxPooling2D(name="pool")(x)
+    if config.region_crops:
+        features = region_features(features)
     x = layers.Dense(units, use_bias=False, kernel_initializer=small_uniform(), name="logits")(features)
     x = layers.Rescaling(scale, name="head_scale")(x)
+    if config.region_crops:
+        patch_probs = layers.Activation(head_activation, dtype="float32", name="region_output")(x)
+        output, regions = region_outputs(patch_probs)
+        return RegionCropModel(keras.Model(inputs, [output, regions], name=name), name=name)
     outputs = layers.Activation(head_activation, dtype="float32", name="output")(x)
     if not config.aux_regions:
         return keras.Model(inputs, outputs, name=name)
     regions = layers.Dense(4, activation="sigmoid", dtype="float32", name=REGION_OUTPUT)(features)
     return AuxRegionModel(keras.Model(inputs, [outputs, regions], name=name), config.aux_regions, name=name)
+
+
+def check_region_crops(config: ModelConfig, height: int, width: int, units: int) -> None:
+    """UserError unless `--region-crops` can work here: a two-class task, crops that fit the
+    image and are large enough for the network, and no second region head."""
+    size = config.region_crops
+    if units != 1:
+        raise UserError("--region-crops scores a real/fake (two-class) task; this one has more classes")
+    if not MIN_SIDE <= size <= min(height, width):
+        raise UserError(
+            f"--region-crops {size} must be between {MIN_SIDE} and the image side ({height}x{width}); "
+            f"e.g. --image-size 256 --region-crops 80"
+        )
+    if config.aux_regions:
+        raise UserError("--region-crops already trains on each region's target; drop --aux-regions")
 
 
 def whitening_weights(images: np.ndarray, kernel: int = WHITEN_KERNEL) -> tuple[np.ndarray, np.ndarray]:
@@ -200,6 +235,9 @@ def init_whitening(model: keras.Model, images: np.ndarray) -> None:
         layer = network.get_layer("whiten")
     except ValueError:
         return  # --stem plain: nothing to fit
+    crops = region_crop_layer(network)
+    if crops is not None:  # the stem sees the region crops, so whiten those
+        images = np.asarray(crops(images, training=False))
     kernel, bias = whitening_weights(images, layer.kernel_size[0])
     layer.kernel.assign(kernel)
     layer.bias.assign(bias)

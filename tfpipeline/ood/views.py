@@ -175,8 +175,17 @@ def head_linear(model: keras.Model, layout: ViewLayout) -> tuple[np.ndarray, np.
     A Dense `output` layer (small_cnn, keras_cnn, resnet50_head) computes its logits from its
     input with its own kernel and bias; an Activation `output` layer (fast_resnet) receives the
     logits themselves, so the map is the identity.
+
+    Raises:
+        UserError: the output is no such layer (a region-crop model averages four region
+            probabilities: it has no logits for the energy score).
     """
     layer = model.get_layer(HEAD_LAYER)
+    if not isinstance(layer, (keras.layers.Dense, keras.layers.Activation)):
+        raise UserError(
+            f"--ood energy needs the model's logits, and {model.name}'s output ({type(layer).__name__}) has "
+            "none; use --ood mahalanobis or msp"
+        )
     width = layout.head or layout.embedding
     if isinstance(layer, keras.layers.Dense):
         kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), np.float32)

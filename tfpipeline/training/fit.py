@@ -133,13 +133,21 @@ def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prep
     if config.model.aux_regions and not spec.aux_head:
         able = ", ".join(name for name, other in MODELS.items() if other.aux_head)
         raise UserError(f"--aux-regions is available for {able}, not {config.model.name}")
-    if config.model.aux_regions and config.train.class_weight != "none":
-        raise UserError("--aux-regions cannot be combined with --class-weight (its targets carry no weights)")
+    regions = config.model.aux_regions > 0 or config.model.region_crops > 0
+    if config.model.region_crops and not spec.aux_head:
+        able = ", ".join(name for name, other in MODELS.items() if other.aux_head)
+        raise UserError(f"--region-crops is available for {able}, not {config.model.name}")
+    if regions and config.train.class_weight != "none":
+        option = "--aux-regions" if config.model.aux_regions else "--region-crops"
+        raise UserError(f"{option} cannot be combined with --class-weight (its targets carry no weights)")
+    if config.model.region_crops and (config.data.augment.flip or config.data.crop):
+        raise UserError(
+            "--region-crops flips and shifts each region crop itself; a whole-image --flip would swap the "
+            "eyes' targets, and --crop would move the regions: drop them"
+        )
     precision = choose_precision(config.train.precision, cpu_info(), visible_gpus())
     scaling = resolve_scaling(config)
-    bundle = load_data(
-        config.data, scaling=scaling, epochs=epochs, region_targets=config.model.aux_regions > 0
-    )
+    bundle = load_data(config.data, scaling=scaling, epochs=epochs, region_targets=regions)
     info = bundle.info
     rule = DecisionRule.for_classes(config.train.threshold, info.class_names, info.positive_class)
     return Prepared(

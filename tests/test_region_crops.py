@@ -1,0 +1,189 @@
+"""Region-crop models (`--region-crops`): the crops, the per-region training targets, and a run
+that trains, evaluates, explains and exports like any other."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfpipeline.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from tfpipeline.data.regions import FACE_LAYOUT, REGIONS
+from tfpipeline.errors import UserError
+from tfpipeline.models import build_model, main_model
+from tfpipeline.models.region_crops import RegionCropModel, RegionCrops, region_class_targets
+
+
+def images(n=2, size=64, seed=0):
+    return np.random.default_rng(seed).uniform(size=(n, size, size, 3)).astype(np.float32)
+
+
+def test_inference_crops_are_the_pixels_around_each_layout_region():
+    x = images(2, 64)
+    crops = np.asarray(RegionCrops(20)(x, training=False))
+    assert crops.shape == (8, 20, 20, 3)
+    for r, region in enumerate(REGIONS):
+        cx, cy = FACE_LAYOUT[region][:2]
+        top = min(max(round(cy * 64 - 10), 0), 44)
+        left = min(max(round(cx * 64 - 10), 0), 44)
+        for n in range(2):  # image-major order: image n's regions are rows 4n .. 4n + 3
+            np.testing.assert_allclose(crops[4 * n + r], x[n, top : top + 20, left : left + 20], atol=1e-6)
+
+
+def test_training_crops_shift_within_the_jitter_flip_and_repeat_under_a_seed():
+    x = images(3, 48, seed=1)
+    layer = RegionCrops(16, jitter=3, seed=5)
+    crops = np.asarray(layer(x, training=True))
+    corners = layer.corners(48, 48)
+    moved = flipped = 0
+    for row, crop in enumerate(crops):
+        n, r = divmod(row, 4)
+        found = None
+        for dy in range(-3, 4):
+            for dx in range(-3, 4):
+                top, left = np.clip(corners[r] + (dy, dx), 0, 48 - 16)
+                window = x[n, top : top + 16, left : left + 16]
+                for mirrored, candidate in ((False, window), (True, window[:, ::-1])):
+                    if np.allclose(crop, candidate, atol=1e-6):
+                        found = (top, left, mirrored)
+        assert found is not None, f"crop {row} is no window within 3 px of its box, flipped or not"
+        moved += tuple(found[:2]) != tuple(corners[r])
+        flipped += found[2]
+    assert moved > 0 and 0 < flipped < len(crops)
+    again = np.asarray(RegionCrops(16, jitter=3, seed=5)(x, training=True))
+    np.testing.assert_array_equal(crops, again)
+
+
+def test_grad_cam_maps_go_back_where_their_crops_came_from():
+    layer = RegionCrops(10)
+    maps = np.arange(1, 9, dtype=np.float32).repeat(100).reshape(8, 10, 10)  # crop k is all k + 1
+    canvas = layer.paste(maps, 40, 40)
+    assert canvas.shape == (2, 40, 40)
+    for r, (top, left) in enumerate(layer.corners(40, 40)):
+        assert canvas[1, top + 5, left + 5] >= 5 + r  # image 1's crops hold 5..8 (overlaps: the larger)
+    outside = np.ones((40, 40), bool)
+    for top, left in layer.corners(40, 40):
+        outside[top : top + 10, left : left + 10] = False
+    assert np.all(canvas[:, outside] == 0)
+
+
+def test_region_targets_follow_the_class_order():
+    regions = tf.constant([[1, 0, 0, 1], [0, 0, 0, 0], [-1] * 4])
+    # fake is class 1: an edited region is 1, an unedited one 0, an unknown one the image's label
+    fake_one = region_class_targets(tf.constant([1, 0, 1]), regions)
+    assert np.asarray(fake_one).tolist() == [[1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]]
+    # fake is class 0 ("fake" < "real"): the same regions, the other way round
+    fake_zero = region_class_targets(tf.constant([0, 1, 0]), regions)
+    assert np.asarray(fake_zero).tolist() == [[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]]
+
+
+def test_the_model_scores_an_image_by_its_mean_region_probability_and_trains_on_region_targets():
+    config = ModelConfig(name="fast_resnet", filters=(8, 8, 8), region_crops=24)
+    model = build_model(config, (64, 64, 3), 2)
+    assert isinstance(model, RegionCropModel)
+    x = images(3, 64, seed=2)
+    image_prob, region_probs = (np.asarray(t) for t in model.network(x, training=False))
+    assert region_probs.shape == (3, 4)
+    np.testing.assert_allclose(image_prob[:, 0], region_probs.mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model(x)), image_prob, atol=1e-6)
+
+    # One step's loss is the compiled loss over the 12 regions' own targets, not the 3 labels.
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.BinaryCrossentropy())
+    labels = np.array([1, 0, 1])
+    regions = np.array([[1, 0, 0, 1], [0, 0, 0, 0], [-1, -1, -1, -1]], np.float32)
+    crops_layer = model.network.get_layer("region_crops")
+    crops_layer.jitter, crops_layer.flip = 0, False  # so training mode crops what inference does
+    trained = model.network(x, training=True)[1].numpy().reshape(-1)
+    expected = np.asarray(
+        keras.losses.binary_crossentropy(
+            np.array([1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 1.0])[:, None], trained[:, None]
+        )
+    ).mean()
+    history = model.fit(x, (labels, regions), batch_size=3, epochs=1, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_region_crop_options_that_cannot_work_are_errors(tmp_path):
+    from tfpipeline.workflow import run_training
+
+    with pytest.raises(UserError, match="--region-crops 80 must be between 16 and the image side"):
+        build_model(ModelConfig(name="fast_resnet", region_crops=80), (64, 64, 3), 2)
+    with pytest.raises(UserError, match="two-class"):
+        build_model(ModelConfig(name="fast_resnet", region_crops=16), (64, 64, 3), 3)
+    with pytest.raises(UserError, match="drop --aux-regions"):
+        build_model(ModelConfig(name="fast_resnet", region_crops=16, aux_regions=0.1), (64, 64, 3), 2)
+    with pytest.raises(UserError, match="--region-crops is a crop side"):
+        ModelConfig(name="fast_resnet", region_crops=-1)
+    data = DataConfig(data="demo", image_size=(32, 32))
+    cases = {
+        "--region-crops is available for fast_resnet": (ModelConfig(name="small_cnn", region_crops=16), data),
+        "a whole-image --flip would swap": (
+            ModelConfig(name="fast_resnet", region_crops=16),
+            DataConfig(data="demo", image_size=(32, 32), augment=AugmentConfig(flip=True)),
+        ),
+    }
+    for message, (model, data_config) in cases.items():
+        with pytest.raises(UserError, match=message):
+            run_training(
+                RunConfig(data=data_config, model=model, train=TrainConfig(run_dir=str(tmp_path))), verbose=0
+            )
+
+
+def test_a_region_crop_run_trains_evaluates_explains_and_exports(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from tfpipeline.cli import main
+    from tfpipeline.data.decode import file_decoder
+    from tfpipeline.evaluation.run_context import load_run_model, open_run
+    from tfpipeline.export.loader import load_export
+
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 8), ("val", 4), ("test", 4)):
+        for cls in ("fake", "real"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                name = f"easy_{i}_10{i % 2}1.jpg" if cls == "fake" else f"real_{i}.jpg"
+                Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)).save(folder / name)
+    argv = ["train", "--data", str(tmp_path / "data"), "--model", "fast_resnet", "--filters", "8,8,8"]
+    argv += ["--image-size", "48", "--region-crops", "24", "--batch-size", "4", "--epochs", "2"]
+    assert main([*argv, "--run-dir", str(tmp_path / "runs")]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    assert "region_crops: 24" in (run / "config.yaml").read_text()
+
+    evaluate = ["evaluate", str(run), "--gradcam", "2", "--top-losses", "0"]
+    assert main([*evaluate, "--adversarial", "fgsm", "--eps", "0,2/255"]) == 0
+    metrics = json.loads((run / "evaluation" / "test" / "metrics.json").read_text())
+    assert set(metrics["region_head"]) <= set(REGIONS) and metrics["region_head"]  # the crops' own AUCs
+    assert (run / "evaluation" / "test" / "gradcam.png").is_file()
+    clean, attacked = metrics["adversarial"]  # gradients reach the image through the crops
+    assert (
+        clean["accuracy"] == pytest.approx(metrics["accuracy"]) and attacked["accuracy"] <= clean["accuracy"]
+    )
+
+    plain = load_run_model(open_run(run))
+    assert plain.output_shape == (None, 1)
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    files = sorted((tmp_path / "data" / "test" / "fake").iterdir())[:2]
+    decode = file_decoder(3, (48, 48), DataConfig(data="x").resize, DataConfig(data="x").interpolation)
+    pixels = np.stack([np.asarray(decode(str(f))) for f in files]).astype(np.float32) / 255.0
+    served = load_export(tmp_path / "export" / "fast_resnet").predict_bytes([f.read_bytes() for f in files])
+    np.testing.assert_allclose(served[:, 1], np.asarray(plain.predict(pixels, verbose=0))[:, 0], atol=1e-5)
+
+
+def test_out_of_domain_views_read_one_row_per_image_and_energy_is_refused():
+    from tfpipeline.ood.views import head_linear, view_model
+
+    config = ModelConfig(name="fast_resnet", filters=(8, 8, 8), region_crops=16)
+    model = main_model(build_model(config, (40, 40, 3), 2))
+    view, layout = view_model(model, config)
+    x = images(3, 40, seed=6)
+    output, embedding, head = layout.split(np.asarray(view(x)))
+    np.testing.assert_allclose(output, np.asarray(model(x)), atol=1e-6)
+    assert layout.embedding_layer == "region_features" and embedding.shape == (3, 4 * 8)
+    np.testing.assert_allclose(head.mean(axis=1, keepdims=True), output, atol=1e-6)  # the 4 regions
+    with pytest.raises(UserError, match="--ood energy needs the model's logits"):
+        head_linear(model, layout)
