@@ -134,9 +134,11 @@ def test_a_region_crop_run_trains_evaluates_explains_and_exports(tmp_path):
     import json
 
     from PIL import Image
+    from sklearn.metrics import roc_auc_score
 
     from tfpipeline.cli import main
     from tfpipeline.data.decode import file_decoder
+    from tfpipeline.data.regions import parse_region_name
     from tfpipeline.evaluation.run_context import load_run_model, open_run
     from tfpipeline.export.loader import load_export
 
@@ -172,6 +174,18 @@ def test_a_region_crop_run_trains_evaluates_explains_and_exports(tmp_path):
     pixels = np.stack([np.asarray(decode(str(f))) for f in files]).astype(np.float32) / 255.0
     served = load_export(tmp_path / "export" / "fast_resnet").predict_bytes([f.read_bytes() for f in files])
     np.testing.assert_allclose(served[:, 1], np.asarray(plain.predict(pixels, verbose=0))[:, 0], atol=1e-5)
+
+    # The per-region report scores each crop's probability of "edited": "fake" is class 0 here, so
+    # it is 1 - the crop's output (the class-1, "real", probability).
+    full = keras.models.load_model(open_run(run).run.model_checkpoint(), compile=False)
+    files = sorted((tmp_path / "data" / "test").rglob("*.jpg"))
+    x = np.stack([np.asarray(decode(str(f))) for f in files]).astype(np.float32) / 255.0
+    edited = 1.0 - np.asarray(full.network(x, training=False)[1])
+    truth = np.array([parse_region_name(f).edited if f.parent.name == "fake" else (0,) * 4 for f in files])
+    for r, region in enumerate(REGIONS):
+        if region in metrics["region_head"]:
+            expected = roc_auc_score(truth[:, r], edited[:, r])
+            assert metrics["region_head"][region]["auc"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_out_of_domain_views_read_one_row_per_image_and_energy_is_refused():

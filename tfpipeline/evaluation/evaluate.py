@@ -144,10 +144,11 @@ def evaluate_run(
             metrics["breakdown"] = breakdown
             report += "\n" + breakdown_table(breakdown)
         model_config = context.config.model
-        if model_config.aux_regions or model_config.region_crops:
-            head = region_head_report(
-                chosen.split.paths, y_true, _region_probs(context, chosen.dataset), names, fake_class
-            )
+        if (model_config.aux_regions or model_config.region_crops) and fake_class in names:
+            edited = _region_probs(context, chosen.dataset)
+            if model_config.region_crops and names.index(fake_class) == 0:
+                edited = 1.0 - edited  # the crops answer in class-1 terms: here, "real"
+            head = region_head_report(chosen.split.paths, y_true, edited, names, fake_class)
             if head:
                 metrics["region_head"] = head
                 report += (

@@ -176,7 +176,7 @@ class PerImage(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfpipeline")
 class RegionMean(keras.layers.Layer):
-    """[N, 4] region probabilities -> [N, 1], their mean: the image's probability of being fake."""
+    """[N, 4] region probabilities -> [N, 1], their mean: the image's class-1 probability."""
 
     def call(self, regions):
         return keras.ops.mean(regions, axis=1, keepdims=True)
