@@ -175,17 +175,24 @@ def test_a_region_crop_run_trains_evaluates_explains_and_exports(tmp_path):
     served = load_export(tmp_path / "export" / "fast_resnet").predict_bytes([f.read_bytes() for f in files])
     np.testing.assert_allclose(served[:, 1], np.asarray(plain.predict(pixels, verbose=0))[:, 0], atol=1e-5)
 
-    # The per-region report scores each crop's probability of "edited": "fake" is class 0 here, so
-    # it is 1 - the crop's output (the class-1, "real", probability).
-    full = keras.models.load_model(open_run(run).run.model_checkpoint(), compile=False)
+    # The per-region report scores each crop's probability of "edited". The sigmoid scores class 1
+    # ("real") by default, so that is 1 - the crop's output; with --positive-class fake, the output.
     files = sorted((tmp_path / "data" / "test").rglob("*.jpg"))
     x = np.stack([np.asarray(decode(str(f))) for f in files]).astype(np.float32) / 255.0
-    edited = 1.0 - np.asarray(full.network(x, training=False)[1])
     truth = np.array([parse_region_name(f).edited if f.parent.name == "fake" else (0,) * 4 for f in files])
-    for r, region in enumerate(REGIONS):
-        if region in metrics["region_head"]:
-            expected = roc_auc_score(truth[:, r], edited[:, r])
-            assert metrics["region_head"][region]["auc"] == pytest.approx(expected, abs=1e-4)
+    fake_run_dir = tmp_path / "runs-positive-fake"
+    assert main([*argv, "--epochs", "1", "--positive-class", "fake", "--run-dir", str(fake_run_dir)]) == 0
+    fake_run = next(fake_run_dir.iterdir())
+    assert main(["evaluate", str(fake_run), "--gradcam", "0", "--top-losses", "0"]) == 0
+    fake_metrics = json.loads((fake_run / "evaluation" / "test" / "metrics.json").read_text())
+    for folder, report, flip in ((run, metrics, True), (fake_run, fake_metrics, False)):
+        full = keras.models.load_model(open_run(folder).run.model_checkpoint(), compile=False)
+        output = np.asarray(full.network(x, training=False)[1])
+        edited = 1.0 - output if flip else output
+        for r, region in enumerate(REGIONS):
+            if region in report["region_head"]:
+                expected = roc_auc_score(truth[:, r], edited[:, r])
+                assert report["region_head"][region]["auc"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_out_of_domain_views_read_one_row_per_image_and_energy_is_refused():

@@ -146,8 +146,11 @@ def evaluate_run(
         model_config = context.config.model
         if (model_config.aux_regions or model_config.region_crops) and fake_class in names:
             edited = _region_probs(context, chosen.dataset)
-            if model_config.region_crops and names.index(fake_class) == 0:
-                edited = 1.0 - edited  # the crops answer in class-1 terms: here, "real"
+            scored = (
+                1 if context.positive_index is None else context.positive_index
+            )  # what the sigmoid scores
+            if model_config.region_crops and names.index(fake_class) != scored:
+                edited = 1.0 - edited  # the crops answer for the scored class: here, "real"
             head = region_head_report(chosen.split.paths, y_true, edited, names, fake_class)
             if head:
                 metrics["region_head"] = head

@@ -113,10 +113,11 @@ def region_crop_layer(model: keras.Model) -> RegionCrops | None:
 
 
 def region_class_targets(labels, regions):
-    """Each region's target in the model's own terms, the class-1 probability [N, 4].
+    """Each region's target in the model's own terms, the scored class's probability [N, 4].
 
     Args:
-        labels: the images' class indices (0/1); which of them is "fake" depends on the class order.
+        labels: the images' 0/1 targets (1: the class the sigmoid scores, `--positive-class`
+            or else class 1); whether 1 is "fake" depends on those settings.
         regions: edited-region targets [N, 4] (:func:`~tfpipeline.data.pipeline.region_targets_of`):
             1 edited, 0 not, -1 unknown; a real image's are all 0.
 
@@ -176,7 +177,7 @@ class PerImage(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfpipeline")
 class RegionMean(keras.layers.Layer):
-    """[N, 4] region probabilities -> [N, 1], their mean: the image's class-1 probability."""
+    """[N, 4] region probabilities -> [N, 1], their mean: the image's probability of the scored class."""
 
     def call(self, regions):
         return keras.ops.mean(regions, axis=1, keepdims=True)
