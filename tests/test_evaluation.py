@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import BINARY_NAMES, MULTI_NAMES, binary_scores, multiclass_scores
+from evaluation_scores import BINARY_NAMES, MULTI_NAMES, binary_scores, multiclass_scores
 from sklearn import metrics as skm
 
 from tfpipeline.decision import DecisionRule

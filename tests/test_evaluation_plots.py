@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BINARY_NAMES, MULTI_NAMES, binary_scores, multiclass_scores
+from evaluation_scores import BINARY_NAMES, MULTI_NAMES, binary_scores, multiclass_scores
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 

@@ -130,15 +130,12 @@ def prepare(config: RunConfig, *, epochs: tuple[int, int] | None = None) -> Prep
             f"--crop trains on windows and evaluates whole images, which needs a model that accepts any "
             f"image size ({able}); {config.model.name} does not"
         )
-    if config.model.aux_regions and not spec.aux_head:
-        able = ", ".join(name for name, other in MODELS.items() if other.aux_head)
-        raise UserError(f"--aux-regions is available for {able}, not {config.model.name}")
+    option = "--aux-regions" if config.model.aux_regions else "--region-crops"  # the region options
     regions = config.model.aux_regions > 0 or config.model.region_crops > 0
-    if config.model.region_crops and not spec.aux_head:
+    if regions and not spec.aux_head:
         able = ", ".join(name for name, other in MODELS.items() if other.aux_head)
-        raise UserError(f"--region-crops is available for {able}, not {config.model.name}")
+        raise UserError(f"{option} is available for {able}, not {config.model.name}")
     if regions and config.train.class_weight != "none":
-        option = "--aux-regions" if config.model.aux_regions else "--region-crops"
         raise UserError(f"{option} cannot be combined with --class-weight (its targets carry no weights)")
     if config.model.region_crops and (config.data.augment.flip or config.data.crop):
         raise UserError(
