@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn import metrics as skm
 
 from tfpipeline.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tfpipeline.config_io import load_yaml
-from tfpipeline.crossval import last_epoch_only, pooled_breakdown, run_cv
+from tfpipeline.crossval import crossfit_threshold_metrics, last_epoch_only, pooled_breakdown, run_cv
+from tfpipeline.decision import DecisionRule, best_f1_threshold
 from tfpipeline.errors import UserError
 
 
@@ -98,3 +100,38 @@ def test_pooled_breakdown_sums_counts_and_averages_fold_aucs():
     assert easy["auc_mean"] == pytest.approx(0.7) and easy["auc_std"] == pytest.approx(
         np.std([0.6, 0.8], ddof=1)
     )
+
+
+def _held_out(seed: int, n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    labels = np.array(["fake", "real"])[rng.integers(0, 2, n)]
+    p_fake = np.clip(np.where(labels == "fake", 0.45, 0.25) + rng.normal(0, 0.15, n), 0.001, 0.999)
+    return pd.DataFrame({"label": labels, "p_fake": p_fake, "p_real": 1 - p_fake})
+
+
+def test_a_validation_tuned_threshold_is_cross_fitted_from_the_other_folds():
+    tables = [_held_out(seed) for seed in range(3)]
+    tuned = DecisionRule.for_classes("tuned", ["fake", "real"], "fake")
+    held_out = [(dataclasses.replace(tuned, value=0.99), table) for table in tables]  # own values unused
+    rows = crossfit_threshold_metrics(held_out, ["fake", "real"])
+    for k, row in enumerate(rows):
+        others = pd.concat([t for j, t in enumerate(tables) if j != k])
+        expected = best_f1_threshold((others["label"] == "fake").to_numpy(), others["p_fake"].to_numpy())
+        assert row["threshold_crossfit"] == pytest.approx(expected)
+        flagged = tables[k]["p_fake"] >= expected
+        assert row["accuracy_crossfit"] == pytest.approx((flagged == (tables[k]["label"] == "fake")).mean())
+        assert row["f1_crossfit"] == pytest.approx(skm.f1_score(tables[k]["label"] == "fake", flagged))
+    # A fixed number or the training prior is not chosen on the held-out fold: nothing to redo.
+    for policy in ("0.3", "prior"):
+        rule = DecisionRule.for_classes(policy, ["fake", "real"], "fake")
+        assert crossfit_threshold_metrics([(rule, table) for table in tables], ["fake", "real"]) == []
+
+
+def test_cv_with_a_tuned_threshold_reports_the_cross_fitted_columns(class_folder, tmp_path):
+    result = run_cv(_config(class_folder, tmp_path, threshold="tuned"), 2, out=tmp_path / "cv")
+    table = pd.read_csv(tmp_path / "cv" / "folds.csv")
+    assert {"threshold_crossfit", "accuracy_crossfit", "f1_crossfit"} <= set(table)
+    assert result.summary["mean"]["accuracy_crossfit"] == pytest.approx(table["accuracy_crossfit"].mean())
+    assert "chosen on the other folds' held-out predictions" in (result.out_dir / "summary.md").read_text()
+    for run in table["run"]:  # the fold's predictions file holds exactly its held-out images
+        assert len(pd.read_csv(f"{run}/predictions_val.csv")) == len(pd.read_csv(f"{run}/splits/val.csv"))

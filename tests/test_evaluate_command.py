@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from sklearn import metrics as skm
@@ -19,6 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ARTEFACTS = (
     "classification_report.txt",
     "metrics.json",
+    "predictions.csv",
     "confusion_matrix.png",
     "roc.png",
     "precision_recall.png",
@@ -94,6 +96,10 @@ def test_evaluate_writes_every_artefact_with_sklearn_metrics(binary_run, capsys)
     assert metrics["accuracy"] == pytest.approx(run_metrics["test"]["accuracy"])
     assert 0.0 <= metrics["ece"] <= 1.0 and metrics["calibration"]["ece"] == metrics["ece"]
     assert sum(b["count"] for b in metrics["calibration"]["table"]) == len(y_true)
+    scored = pd.read_csv(folder / "predictions.csv")  # per image, in the split's file order
+    assert scored["path"].tolist() == pd.read_csv(binary_run / "splits" / "test.csv")["path"].tolist()
+    np.testing.assert_allclose(scored["p_blue"], probs[:, 0], atol=1e-6)
+    assert scored["predicted"].tolist() == [("blue", "red")[i] for i in y_pred]
 
     report = (folder / "classification_report.txt").read_text()
     assert "blue" in report and "red" in report and "accuracy" in report

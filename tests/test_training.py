@@ -98,6 +98,15 @@ def test_cli_train_writes_every_artifact(image_folder, tmp_path, capsys):
     metrics = json.loads(run.metrics_file.read_text())
     assert set(metrics) >= {"val", "test", "threshold"}
     assert metrics["threshold"] == {"policy": "0.5", "value": 0.5, "positive_class": "red"}
+    for split in ("val", "test"):  # one row per image, in the split's order, agreeing with metrics.json
+        scored = pd.read_csv(run.path / f"predictions_{split}.csv")
+        listed = pd.read_csv(run.path / "splits" / f"{split}.csv")
+        assert scored["path"].tolist() == listed["path"].tolist()
+        assert scored["label"].tolist() == listed["class"].tolist()
+        np.testing.assert_allclose(scored["p_blue"] + scored["p_red"], 1.0, atol=1e-6)
+        assert (scored["predicted"] == np.where(scored["p_red"] >= 0.5, "red", "blue")).all()
+        accuracy = (scored["predicted"] == scored["label"]).mean()
+        assert accuracy == pytest.approx(metrics[split]["accuracy"])
     info = json.loads(run.run_file.read_text())
     assert info["status"] == "finished" and info["epochs_run"] == 2
     assert info["data"]["counts"]["train"] == {"blue": 8, "red": 8}

@@ -115,6 +115,11 @@ class DecisionRule:
         return not self.binary or self.value is not None
 
     @property
+    def fitted_on_validation(self) -> bool:
+        """True for binary policies whose threshold is chosen on validation labels and scores."""
+        return self.binary and not _is_number(self.policy) and self.policy != "prior"
+
+    @property
     def metric_index(self) -> int:
         """`positive_index` for metric functions that want an int even for multi-class data."""
         return self.positive_index if self.positive_index is not None else 1

@@ -3,7 +3,8 @@
 The run folder supplies everything: the checkpoint, the config (so the data is rebuilt exactly
 as training built it), the pixel scaling from run.json and the decision rule from
 metrics.json (so the numbers agree with what training reported). Output goes to
-`RUN/evaluation/<split>/`: classification_report.txt, metrics.json, confusion_matrix.png,
+`RUN/evaluation/<split>/`: classification_report.txt, metrics.json, predictions.csv (one row per
+image: file, true and predicted class, class probabilities), confusion_matrix.png,
 roc.png, precision_recall.png, reliability.png, top_losses.png, gradcam.png and summary.md
 (and, with `--ood-data`, ood_histogram.png and ood_scores.csv: :mod:`.ood_report`).
 """
@@ -92,7 +93,7 @@ def evaluate_run(
         plot_roc,
         save_figure,
     )
-    from tfpipeline.evaluation.run_report import class_probabilities
+    from tfpipeline.evaluation.run_report import SplitPredictions, class_probabilities, prediction_table
     from tfpipeline.evaluation.summary import write_summary
     from tfpipeline.models.tta import with_tta
 
@@ -169,6 +170,10 @@ def evaluate_run(
         "metrics": out_dir / "metrics.json",
     }
     files["classification_report"].write_text(report)
+    files["predictions"] = out_dir / "predictions.csv"
+    paths = chosen.split.paths if chosen.split.from_files else None
+    table = prediction_table(SplitPredictions(y_true, probs), names, rule, paths)
+    table.to_csv(files["predictions"], index=False)
     figures = {
         "confusion_matrix": lambda: plot_confusion_matrix(y_true, y_pred, names),
         "roc": lambda: plot_roc(

@@ -62,6 +62,22 @@ def resolve_rule(policy: str, info, val: SplitPredictions) -> DecisionRule:
     return rule.resolve(train_prior=info.train_prior, val_true=val.y_true, val_scores=val.probs)
 
 
+def prediction_table(
+    pred: SplitPredictions, class_names: Sequence[str], rule: DecisionRule, paths: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """One row per image: its file (when read from files), true and predicted class, class probabilities.
+
+    This is what `predictions_<split>.csv` holds, so error analysis, pooled cross-validation
+    scores and re-thresholding need no second pass over the data.
+    """
+    table = pd.DataFrame({"path": list(paths)} if paths is not None else {}, index=range(len(pred.y_true)))
+    table["label"] = [class_names[i] for i in pred.y_true]
+    table["predicted"] = [class_names[i] for i in rule.predict(pred.probs)]
+    for index, name in enumerate(class_names):
+        table[f"p_{name}"] = pred.probs[:, index]
+    return table
+
+
 def write_run_report(
     run,
     history: pd.DataFrame,
@@ -73,7 +89,7 @@ def write_run_report(
     paths: Mapping[str, Sequence[str]] | None = None,
     fake_class: str | None = None,
 ) -> dict:
-    """Write metrics.json and the standard PNGs into the run folder; return the metrics.
+    """Write metrics.json, `predictions_<split>.csv` and the standard PNGs into the run folder.
 
     Args:
         run: the RunFolder.
@@ -86,6 +102,9 @@ def write_run_report(
             `fake_class`, a split whose fakes are named like CIPLAB's also gets its per-difficulty
             and per-region detection (`breakdown`, as `tfpipeline evaluate` reports it).
         fake_class: the name of the fake class.
+
+    Returns:
+        metrics.json's content.
     """
     class_names = list(info.class_names)
     rule = resolve_rule(policy, info, predictions["val"])
@@ -96,6 +115,9 @@ def write_run_report(
     )
     for split, pred in predictions.items():
         metrics[split] = classification_metrics(pred.y_true, pred.probs, class_names, rule=rule)
+        prediction_table(pred, class_names, rule, (paths or {}).get(split)).to_csv(
+            run.path / f"predictions_{split}.csv", index=False
+        )
         if fake_class and paths and split in paths:
             breakdown = fake_breakdown(paths[split], pred.y_true, pred.probs, rule, class_names, fake_class)
             if breakdown:
