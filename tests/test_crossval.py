@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 from tfpipeline.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tfpipeline.config_io import load_yaml
 from tfpipeline.crossval import crossfit_threshold_metrics, last_epoch_only, pooled_breakdown, run_cv
-from tfpipeline.decision import DecisionRule, best_f1_threshold
+from tfpipeline.decision import DecisionRule, best_accuracy_threshold, best_f1_threshold
 from tfpipeline.errors import UserError
 
 
@@ -109,14 +109,18 @@ def _held_out(seed: int, n: int = 40) -> pd.DataFrame:
     return pd.DataFrame({"label": labels, "p_fake": p_fake, "p_real": 1 - p_fake})
 
 
-def test_a_validation_tuned_threshold_is_cross_fitted_from_the_other_folds():
+@pytest.mark.parametrize(
+    ("policy", "best_threshold"), [("tuned", best_f1_threshold), ("accuracy", best_accuracy_threshold)]
+)
+def test_a_validation_tuned_threshold_is_cross_fitted_from_the_other_folds(policy, best_threshold):
     tables = [_held_out(seed) for seed in range(3)]
-    tuned = DecisionRule.for_classes("tuned", ["fake", "real"], "fake")
+    tuned = DecisionRule.for_classes(policy, ["fake", "real"], "fake")
     held_out = [(dataclasses.replace(tuned, value=0.99), table) for table in tables]  # own values unused
     rows = crossfit_threshold_metrics(held_out, ["fake", "real"])
+    assert len(rows) == len(tables)
     for k, row in enumerate(rows):
         others = pd.concat([t for j, t in enumerate(tables) if j != k])
-        expected = best_f1_threshold((others["label"] == "fake").to_numpy(), others["p_fake"].to_numpy())
+        expected = best_threshold((others["label"] == "fake").to_numpy(), others["p_fake"].to_numpy())
         assert row["threshold_crossfit"] == pytest.approx(expected)
         flagged = tables[k]["p_fake"] >= expected
         assert row["accuracy_crossfit"] == pytest.approx((flagged == (tables[k]["label"] == "fake")).mean())

@@ -20,7 +20,7 @@ def _scores(n=400, seed=0):
     return y, scores
 
 
-@pytest.mark.parametrize("policy", ["0.5", "0.25", "prior", "tuned", "recall:0.95", "fpr:0.01"])
+@pytest.mark.parametrize("policy", ["0.5", "0.25", "prior", "tuned", "accuracy", "recall:0.95", "fpr:0.01"])
 def test_valid_policies_are_accepted(policy):
     assert check_policy(policy) == policy
     assert TrainConfig(threshold=policy).threshold == policy
@@ -63,6 +63,35 @@ def test_tuned_threshold_maximises_f1_by_brute_force():
     # ties go to the smallest threshold with the best F1
     assert t == min(c for c in np.unique(scores) if skm.f1_score(y, scores >= c) == pytest.approx(best_f1))
     assert rule.epoch_threshold(0.3) == t  # once resolved, epochs would log at it too
+
+
+def test_accuracy_threshold_maximises_accuracy_by_brute_force():
+    y, scores = _scores(300, seed=5)
+    rule = DecisionRule.for_classes("accuracy", NAMES).resolve(train_prior=0.4, val_true=y, val_scores=scores)
+    t = rule.value
+    assert t in set(scores)
+    accuracies = {c: skm.accuracy_score(y, scores >= c) for c in np.unique(scores)}
+    best = max(accuracies.values())
+    assert skm.accuracy_score(y, scores >= t) == pytest.approx(best)
+    assert t == min(c for c, a in accuracies.items() if a == pytest.approx(best))  # ties: the smallest
+    # A minority of positives: best accuracy sits above the best-F1 threshold, which favours recall.
+    f1_value = (
+        DecisionRule.for_classes("tuned", NAMES).resolve(train_prior=0.4, val_true=y, val_scores=scores).value
+    )
+    assert t >= f1_value
+
+
+def test_accuracy_threshold_follows_the_positive_class_and_needs_both_classes():
+    y = np.array([0, 0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.1, 0.9]])  # dog scores
+    dog = DecisionRule.for_classes("accuracy", NAMES).resolve(train_prior=None, val_true=y, val_scores=probs)
+    assert dog.value == pytest.approx(0.8) and dog.predict(probs).tolist() == y.tolist()
+    cat = DecisionRule.for_classes("accuracy", NAMES, "cat").resolve(
+        train_prior=None, val_true=y, val_scores=probs
+    )
+    assert cat.value == pytest.approx(0.3) and cat.predict(probs).tolist() == y.tolist()
+    with pytest.raises(UserError, match="accuracy needs both classes"):
+        dog.resolve(train_prior=None, val_true=np.zeros(5, int), val_scores=probs)
 
 
 @pytest.mark.parametrize("target", [0.5, 0.9, 0.95, 0.99])

@@ -7,6 +7,9 @@ that threshold comes from is the run's `--threshold` policy:
 - a number in (0, 1), e.g. `0.5` (the default): that number;
 - `prior`: the positive class's share of the training set (the assessment's choice);
 - `tuned`: the threshold with the best validation F1 of the positive class;
+- `accuracy`: the threshold with the best validation accuracy (F1 favours recall: when the
+  positives are a minority of every image's evidence, e.g. region crops' mean score, the best-F1
+  threshold flags most images and accuracy suffers);
 - `recall:R`: the highest threshold whose validation recall of the positive class is at
   least R (a detector that must catch a share R of positives, e.g. fakes);
 - `fpr:F`: the lowest threshold whose validation false-positive rate is at most F.
@@ -28,7 +31,7 @@ import numpy as np
 
 from tfpipeline.errors import UserError
 
-DATA_POLICIES = ("prior", "tuned")
+DATA_POLICIES = ("prior", "tuned", "accuracy")
 TARGET_POLICIES = ("recall", "fpr")
 DEFAULT_POLICY = "0.5"
 
@@ -46,7 +49,7 @@ def check_policy(policy: str) -> str:
         return policy
     if not 0.0 < _number(policy) < 1.0:
         raise UserError(
-            "--threshold must be a number in (0, 1), prior, tuned, recall:R or fpr:F "
+            "--threshold must be a number in (0, 1), prior, tuned, accuracy, recall:R or fpr:F "
             f"(R, F in (0, 1)); got '{policy}'"
         )
     return policy
@@ -127,7 +130,7 @@ class DecisionRule:
     def epoch_threshold(self, train_prior: float | None) -> float:
         """The threshold per-epoch Keras metrics use while training.
 
-        `prior` is known before training; `tuned`, `recall:` and `fpr:` are only known after it,
+        `prior` is known before training; `tuned`, `accuracy`, `recall:` and `fpr:` are only known after it,
         so epochs are logged at 0.5 and the final metrics use the resolved value.
         """
         if self.policy == "prior":
@@ -142,7 +145,7 @@ class DecisionRule:
 
         Args:
             train_prior: positive-class share of the training set (`prior`).
-            val_true: validation class indices (`tuned`, `recall:`, `fpr:`).
+            val_true: validation class indices (`tuned`, `accuracy`, `recall:`, `fpr:`).
             val_scores: validation positive-class probabilities, (N,) or (N, 2) class probabilities.
 
         Raises:
@@ -163,6 +166,8 @@ class DecisionRule:
         positives, scores = self._positives_and_scores(val_true, val_scores)
         if self.policy == "tuned":
             return replace(self, value=best_f1_threshold(positives, scores))
+        if self.policy == "accuracy":
+            return replace(self, value=best_accuracy_threshold(positives, scores))
         kind, _, target = self.policy.partition(":")
         if kind == "recall":
             return replace(self, value=recall_threshold(positives, scores, float(target)))
@@ -214,6 +219,21 @@ def best_f1_threshold(positives: np.ndarray, scores: np.ndarray) -> float:
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     return float(thresholds[f1 == f1.max()].min())
+
+
+def best_accuracy_threshold(positives: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold maximising accuracy; ties go to the smallest, as for F1.
+
+    Candidates are the distinct scores (`sklearn.metrics.roc_curve` without dropping points): at
+    each, accuracy = (recall x positives + (1 - false-positive rate) x negatives) / all. Calling
+    every image negative is not a candidate: a threshold must flag something.
+    """
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(positives, scores, drop_intermediate=False)
+    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]  # the first point flags nothing
+    correct = tpr * positives.sum() + (1.0 - fpr) * (~positives).sum()
+    return float(thresholds[correct == correct.max()].min())
 
 
 def recall_threshold(positives: np.ndarray, scores: np.ndarray, target: float) -> float:

@@ -229,7 +229,11 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="epochs without improvement")
     group.add_argument("--class-weight", choices=("none", "balanced"), help="weight classes by frequency")
     group.add_argument("--label-smoothing", type=float, help="default 0")
-    group.add_argument("--threshold", help="binary decision threshold: 0.5 (default), a number, prior, tuned")
+    group.add_argument(
+        "--threshold",
+        help="binary decision threshold: 0.5 (default), a number, prior, tuned (best validation F1), "
+        "accuracy (best validation accuracy), recall:R, fpr:F",
+    )
     group.add_argument("--deterministic", action="store_true", help="deterministic ops (slower)")
     group.add_argument(
         "--checkpoint",
