@@ -133,12 +133,14 @@ def test_region_crop_options_that_cannot_work_are_errors(tmp_path):
 def test_a_region_crop_run_trains_evaluates_explains_and_exports(tmp_path):
     import json
 
+    import pandas as pd
     from PIL import Image
     from sklearn.metrics import roc_auc_score
 
     from tfpipeline.cli import main
     from tfpipeline.data.decode import file_decoder
     from tfpipeline.data.regions import parse_region_name
+    from tfpipeline.decision import best_accuracy_threshold
     from tfpipeline.evaluation.run_context import load_run_model, open_run
     from tfpipeline.export.loader import load_export
 
@@ -181,8 +183,26 @@ def test_a_region_crop_run_trains_evaluates_explains_and_exports(tmp_path):
     x = np.stack([np.asarray(decode(str(f))) for f in files]).astype(np.float32) / 255.0
     truth = np.array([parse_region_name(f).edited if f.parent.name == "fake" else (0,) * 4 for f in files])
     fake_run_dir = tmp_path / "runs-positive-fake"
-    assert main([*argv, "--epochs", "1", "--positive-class", "fake", "--run-dir", str(fake_run_dir)]) == 0
+    # fake_faces' scoring: the test-time flip and the best-accuracy threshold.
+    scoring = ["--tta", "flip", "--threshold", "accuracy"]
+    assert (
+        main([*argv, "--epochs", "1", "--positive-class", "fake", *scoring, "--run-dir", str(fake_run_dir)])
+        == 0
+    )
     fake_run = next(fake_run_dir.iterdir())
+    rule = json.loads((fake_run / "metrics.json").read_text())["threshold"]
+    val = pd.read_csv(fake_run / "predictions_val.csv")
+    assert rule["policy"] == "accuracy" and rule["value"] == pytest.approx(
+        best_accuracy_threshold((val["label"] == "fake").to_numpy(), val["p_fake"].to_numpy())
+    )
+    assert main(["export", str(fake_run), "--out", str(tmp_path / "export-fake")]) == 0
+    fake_plain = load_run_model(open_run(fake_run))
+    flipped = np.asarray(fake_plain.predict(x[:, :, ::-1], verbose=0))[:, 0]
+    expected = (np.asarray(fake_plain.predict(x, verbose=0))[:, 0] + flipped) / 2  # p(fake): class 0
+    served = load_export(tmp_path / "export-fake" / "fast_resnet").predict_bytes(
+        [f.read_bytes() for f in files]
+    )
+    np.testing.assert_allclose(served[:, 0], expected, atol=1e-5)
     assert main(["evaluate", str(fake_run), "--gradcam", "0", "--top-losses", "0"]) == 0
     fake_metrics = json.loads((fake_run / "evaluation" / "test" / "metrics.json").read_text())
     for folder, report, flip in ((run, metrics, True), (fake_run, fake_metrics, False)):

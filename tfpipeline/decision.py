@@ -232,7 +232,8 @@ def best_accuracy_threshold(positives: np.ndarray, scores: np.ndarray) -> float:
 
     fpr, tpr, thresholds = roc_curve(positives, scores, drop_intermediate=False)
     fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]  # the first point flags nothing
-    correct = tpr * positives.sum() + (1.0 - fpr) * (~positives).sum()
+    # Counts of correct images, rounded back to integers so that equal counts tie exactly.
+    correct = np.rint(tpr * positives.sum() + (1.0 - fpr) * (~positives).sum())
     return float(thresholds[correct == correct.max()].min())
 
 
