@@ -174,8 +174,8 @@ def crossfit_threshold_metrics(
 ) -> list[dict[str, float]]:
     """Each fold's accuracy and F1 at a threshold chosen without that fold.
 
-    A `tuned`, `recall:R` or `fpr:F` threshold is resolved on validation predictions, which in a
-    fold are the held-out images themselves, so the fold's own accuracy and F1 are optimistic
+    A `tuned`, `accuracy`, `recall:R` or `fpr:F` threshold is resolved on validation predictions,
+    which in a fold are the held-out images themselves, so the fold's own accuracy and F1 are optimistic
     (as a best epoch would be). Here fold k's threshold is resolved, by the same policy, on the
     pooled held-out predictions of the other folds (every image there scored by a model that
     never trained on it) and applied to fold k: the accuracy a threshold fixed in advance gets.
