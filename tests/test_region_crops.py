@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import EXPORT_TOLERANCE
 
 from tfpipeline.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from tfpipeline.data.regions import FACE_LAYOUT, REGIONS
@@ -141,6 +142,7 @@ def test_a_region_crop_run_trains_evaluates_explains_and_exports(tmp_path):
     from tfpipeline.data.decode import file_decoder
     from tfpipeline.data.regions import parse_region_name
     from tfpipeline.decision import best_accuracy_threshold
+    from tfpipeline.evaluation.predict import load_run_predictor, predict_paths
     from tfpipeline.evaluation.run_context import load_run_model, open_run
     from tfpipeline.export.loader import load_export
 
@@ -199,10 +201,16 @@ def test_a_region_crop_run_trains_evaluates_explains_and_exports(tmp_path):
     fake_plain = load_run_model(open_run(fake_run))
     flipped = np.asarray(fake_plain.predict(x[:, :, ::-1], verbose=0))[:, 0]
     expected = (np.asarray(fake_plain.predict(x, verbose=0))[:, 0] + flipped) / 2  # p(fake): class 0
-    served = load_export(tmp_path / "export-fake" / "fast_resnet").predict_bytes(
+    served = load_export(tmp_path / "export-fake" / "fast_resnet").serve_bytes(
         [f.read_bytes() for f in files]
     )
-    np.testing.assert_allclose(served[:, 0], expected, atol=1e-5)
+    np.testing.assert_allclose(served["probabilities"][:, 0], expected, atol=1e-5)
+    # Its out-of-domain detector taps the crops' feature maps, and the export scores as predict does.
+    stored = json.loads((fake_run / "ood" / "ood.json").read_text())
+    assert stored["layout"]["taps"] == ["stem_act", "group1_act2", "group2_act2", "group3_act2"]
+    found = predict_paths(load_run_predictor(fake_run), files, batch_size=3)
+    np.testing.assert_allclose(served["ood_score"], found.ood_scores, rtol=1e-5, atol=EXPORT_TOLERANCE)
+    np.testing.assert_array_equal(served["in_domain"], found.in_domain)
     assert main(["evaluate", str(fake_run), "--gradcam", "0", "--top-losses", "0"]) == 0
     fake_metrics = json.loads((fake_run / "evaluation" / "test" / "metrics.json").read_text())
     for folder, report, flip in ((run, metrics, True), (fake_run, fake_metrics, False)):
@@ -216,15 +224,32 @@ def test_a_region_crop_run_trains_evaluates_explains_and_exports(tmp_path):
 
 
 def test_out_of_domain_views_read_one_row_per_image_and_energy_is_refused():
-    from tfpipeline.ood.views import head_linear, view_model
+    from tfpipeline.ood.views import LENGTH_EPSILON, head_linear, view_model
 
-    config = ModelConfig(name="fast_resnet", filters=(8, 8, 8), region_crops=16)
+    config = ModelConfig(name="fast_resnet", filters=(8, 8, 8), region_crops=16, stem="plain")
     model = main_model(build_model(config, (40, 40, 3), 2))
     view, layout = view_model(model, config)
     x = images(3, 40, seed=6)
     output, embedding, head = layout.split(np.asarray(view(x)))
     np.testing.assert_allclose(output, np.asarray(model(x)), atol=1e-6)
-    assert layout.embedding_layer == "region_features" and embedding.shape == (3, 4 * 8)
     np.testing.assert_allclose(head.mean(axis=1, keepdims=True), output, atol=1e-6)  # the 4 regions
+    # The taps' channel means are taken over every position of the image's four crops (a crop's
+    # rows must not be read as images of their own), then the four crops' features side by side.
+    assert layout.embedding_layer == "region_features"
+    assert layout.taps == ("stem_act", "group1_act2", "group2_act2", "group3_act2")
+    maps = keras.Model(model.inputs, [model.get_layer(name).output for name in layout.taps])(x)
+    expected = [np.asarray(m).reshape(3, -1, m.shape[-1]).mean(axis=1) for m in maps]  # image-major
+    expected.append(np.asarray(keras.Model(model.inputs, model.get_layer("region_features").output)(x)))
+    widths = [24, 8, 8, 8, 4 * 8]  # stem (2 x 3 channels x 2 x 2), the groups, the 4 crops' pools
+    assert embedding.shape == (3, sum(widths) + len(widths))
+    blocks = np.split(embedding[:, : sum(widths)], np.cumsum(widths)[:-1], axis=1)
+    for block, means in zip(blocks, expected, strict=True):
+        length = np.linalg.norm(means, axis=1, keepdims=True)
+        np.testing.assert_allclose(block, means / (length + LENGTH_EPSILON), atol=1e-5)
+        assert np.all(length > 1e-3)  # a live block, so the comparison means something
+    lengths = np.concatenate([np.linalg.norm(e, axis=1, keepdims=True) for e in expected], axis=1)
+    np.testing.assert_allclose(
+        embedding[:, sum(widths) :], np.log(lengths + LENGTH_EPSILON), rtol=1e-4, atol=1e-5
+    )
     with pytest.raises(UserError, match="--ood energy needs the model's logits"):
         head_linear(model, layout)

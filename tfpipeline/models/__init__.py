@@ -76,10 +76,8 @@ def _layer(name: str) -> Callable[[ModelConfig], str]:
 
 
 def _fast_resnet_taps(config: ModelConfig) -> tuple[str, ...]:
-    """The stem's and each of the three groups' final activation (the block outputs); none for
-    region crops, whose feature maps hold four crops per image (their embedding has them all)."""
-    if config.region_crops:
-        return ()
+    """The stem's and each of the three groups' final activation (the block outputs); with region
+    crops their maps hold the four crops of each image, which the detector pools together."""
     return ("stem_act", "group1_act2", "group2_act2", "group3_act2")
 
 
