@@ -169,8 +169,30 @@ def test_a_detector_fitted_before_taps_still_scores_as_it_was_fitted(tiny_run):
     legacy = _layout({"units": 1, "embedding": 32, "head": 0, "embedding_layer": "dense3"})
     assert legacy.taps == ()
     context = open_run(tiny_run())
-    _, layout = view_model(load_run_model(context), context.config.model, taps=legacy.taps)
+    model = load_run_model(context)
+    _, layout = view_model(model, context.config.model, taps=legacy.taps)
     assert layout == legacy  # so OODScorer accepts it and scores the columns it was fitted on
+
+
+def test_a_detector_fitted_before_taps_warns_that_it_should_be_refit(tiny_run, caplog):
+    from tfpipeline.evaluation.run_context import load_run_model, open_run
+    from tfpipeline.ood.scorer import OODScorer
+    from tfpipeline.ood.store import Detector, _layout, load_detector
+
+    run = tiny_run()
+    context = open_run(run)
+    model = load_run_model(context)
+    legacy_layout = _layout({"units": 1, "embedding": 32, "head": 0, "embedding_layer": "dense3"})
+    arrays, _ = fit_mahalanobis(np.random.default_rng(0).normal(size=(20, 32)), np.arange(20) % 2)
+    legacy = Detector("mahalanobis", 1.0, 0.95, "none", "unit", legacy_layout, arrays)
+    with caplog.at_level("WARNING", logger="tfpipeline.ood.scorer"):
+        scorer = OODScorer(model, context.config.model, legacy)
+    assert "models only the dense3 embedding" in caplog.text and "tfpipeline ood fit RUN" in caplog.text
+    assert scorer.batch(np.zeros((2, 32, 32, 3), np.float32))[1].shape == (2,)  # it still scores
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tfpipeline.ood.scorer"):
+        OODScorer(model, context.config.model, load_detector(run))  # the run's own, tapped detector
+    assert "tfpipeline ood fit" not in caplog.text
 
 
 def test_tapped_views_are_unit_blocks_then_their_log_lengths(tiny_run):
@@ -211,6 +233,8 @@ def test_refit_show_and_old_runs(tiny_run, tmp_path, capsys):
     assert main(["ood", "show", str(old)]) == 0
     assert "accepts" in capsys.readouterr().out
     assert main(["ood", "fit", str(old), "--accept", "1.5"]) == 2
+    assert main(["ood", "fit", str(old)]) == 0  # the default method lists the maps it taps
+    assert "feature-map taps: pool1, pool2, pool3, pool4" in capsys.readouterr().out
 
 
 def test_predict_reports_ood_columns_and_csv_only_when_asked(tiny_run, tmp_path, capsys):

@@ -58,6 +58,12 @@ def describe(detector) -> str:
             f"embedding {facts.get('embedding_layer')} ({m['dims']} dims), {m['classes']} class means, "
             f"Ledoit-Wolf shrinkage {m['shrinkage']:.4f}"
         )
+        taps = detector.layout.taps if detector.layout else ()
+        lines.append(
+            f"feature-map taps: {', '.join(taps)}"
+            if taps
+            else "feature-map taps: none (fitted before there were any): refit with `tfpipeline ood fit RUN`"
+        )
     return "\n".join(lines)
 
 

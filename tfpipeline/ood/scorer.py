@@ -12,6 +12,7 @@ from a separately wrapped model (an extra forward pass) and the score keeps the 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ import numpy as np
 from tfpipeline.config import ModelConfig
 from tfpipeline.errors import UserError
 from tfpipeline.ood.store import Detector
+
+log = logging.getLogger(__name__)
 
 
 class OODScorer:
@@ -36,7 +39,7 @@ class OODScorer:
 
     def __init__(self, model: Any, config: ModelConfig, detector: Detector, tta: str | None = None):
         from tfpipeline.models.tta import with_tta
-        from tfpipeline.ood.views import view_model
+        from tfpipeline.ood.views import default_taps, view_model
 
         self.detector = detector
         self.tta = detector.tta if tta is None else tta
@@ -50,6 +53,14 @@ class OODScorer:
                 raise UserError(
                     f"the out-of-domain detector was fitted on views {detector.layout} but the model "
                     f"gives {layout}; refit it with `tfpipeline ood fit RUN`"
+                )
+            if detector.method == "mahalanobis" and not layout.taps and default_taps(model, config):
+                log.warning(
+                    "this run's out-of-domain detector models only the %s embedding (it was fitted "
+                    "before detectors tapped earlier feature maps), and such detectors accept most "
+                    "photos that are not like the training images (fake_faces v3/v4: 94%% of CIFAR-10 "
+                    "photos); refit it with `tfpipeline ood fit RUN`",
+                    layout.embedding_layer,
                 )
             self._views = with_tta(view, detector.tta)
             if self.tta != detector.tta:
