@@ -237,9 +237,9 @@ def test_out_of_domain_views_read_one_row_per_image_and_energy_is_refused():
     # rows must not be read as images of their own), then the four crops' features side by side.
     assert layout.embedding_layer == "region_features"
     assert layout.taps == ("stem_act", "group1_act2", "group2_act2", "group3_act2")
-    maps = keras.Model(model.inputs, [model.get_layer(name).output for name in layout.taps])(x)
+    maps = keras.Model(model.inputs[0], [model.get_layer(name).output for name in layout.taps])(x)
     expected = [np.asarray(m).reshape(3, -1, m.shape[-1]).mean(axis=1) for m in maps]  # image-major
-    expected.append(np.asarray(keras.Model(model.inputs, model.get_layer("region_features").output)(x)))
+    expected.append(np.asarray(keras.Model(model.inputs[0], model.get_layer("region_features").output)(x)))
     widths = [24, 8, 8, 8, 4 * 8]  # stem (2 x 3 channels x 2 x 2), the groups, the 4 crops' pools
     assert embedding.shape == (3, sum(widths) + len(widths))
     blocks = np.split(embedding[:, : sum(widths)], np.cumsum(widths)[:-1], axis=1)
