@@ -103,3 +103,31 @@ def test_tuner_decode_benchmark_decodes_once_then_reads(image_folder):
     # The second search reads what the first stored: no decoding, no header checks.
     assert filled["decode_seconds"] == 0 and filled["header_check_seconds"] == 0
     assert 0 < filled["pixel_share"] < 1 and {"model", "cores", "flags"} <= set(result["cpu"])
+
+
+@pytest.mark.slow  # benchmark smoke test (~20 s); needs torch, a benchmark-only dependency
+def test_airbench_reference_trains_on_the_recipes_split(class_folder):
+    pytest.importorskip("torch")
+    result = run_benchmark(
+        "airbench_reference.py", "--data", str(class_folder), "--epochs", "2", "--batch-size", "8"
+    )
+    # The cifar10 recipe's split (90 / 10) of the fixture's 24 images, two classes.
+    assert result["split"]["recipe"] == "cifar10"
+    assert result["split"]["train"] + result["split"]["val"] == 24 and result["split"]["val"] >= 2
+    assert [point["epoch"] for point in result["curve"]] == [1, 2]
+    assert result["steps"] == 2 * (result["split"]["train"] // 8)
+    assert 0 <= result["val_accuracy"] <= 1 and 0 <= result["val_accuracy_tta"] <= 1
+    assert {"model", "cores", "flags"} <= set(result["cpu"]) and "torch" in result["versions"]
+
+
+def test_airbench_reference_refuses_a_split_smaller_than_one_batch(class_folder):
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "airbench_reference.py"), "--data", str(class_folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if "needs torch" in completed.stderr:
+        pytest.skip("torch is not installed")
+    assert completed.returncode != 0 and "cannot fill one batch of 1024 (--batch-size)" in completed.stderr
