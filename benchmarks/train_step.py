@@ -3,10 +3,16 @@
 
 Synthetic in-memory batches (224x224, batch 32), so only forward + backward + SGD update is
 measured, inside one `model.fit` call as in a training run (a warm-up epoch, then timed
-epochs). tfpipeline is timed with its default compile settings and with the variants the
+epochs). tfpipeline is timed with its defaults (`default`: the precision `--precision auto` picks
+for this CPU, recorded as `policy`; `float32` forces it), and with the variants the
 performance issue asked to explore (XLA, bfloat16 mixed precision, steps_per_execution,
 thread-pool sizes); each Keras variant runs in its own subprocess because XLA, precision
 policies and thread pools are process-wide. The PyTorch side runs in benchmarks/torch_compute.py.
+
+`--model` and `--filters` time another registered network instead, e.g. the recipes' fast_resnet
+at the shapes they train on (`--model fast_resnet --filters 64,256,256 --image-size 32
+--batch-size 512` for `cifar10`; `--filters 32,64,128 --image-size 80` for `fake_faces`' crops);
+the PyTorch reference is small_cnn's network, so it is skipped for other models.
 
     python benchmarks/train_step.py [--steps 30] [--variants default,xla,...] [--no-reference]
 
@@ -28,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, issue_target, machine, quiet_tensorflow, torch_available  # noqa: E402
 
 VARIANTS = {
-    "default": {},
+    "default": {"mixed_precision": "auto"},  # what a run gets: the precision chosen for this CPU
+    "float32": {"mixed_precision": "float32"},
     "onednn_off": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
     "onednn_on": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}},
     "xla": {"jit_compile": True},
@@ -39,14 +46,15 @@ VARIANTS = {
     "avx2_tf_default": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
     "avx2_tfpipeline": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}},
 }
-DEFAULT_VARIANTS = ("default", "onednn_off", "onednn_on", "xla", "bf16", "threads_1x2")
+DEFAULT_VARIANTS = ("default", "float32", "onednn_off", "onednn_on", "xla", "bf16", "threads_1x2")
 AVX2_VARIANTS = ("avx2_tf_default", "avx2_tfpipeline")
 TORCH_AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 KERNEL_ENV = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 
-def measure_keras(options: dict, steps: int, batch_size: int, size: int, warmup: int) -> dict:
+def measure_keras(options: dict, args, warmup: int) -> dict:
     """Images/sec of `model.fit` over an in-memory dataset (runs inside a fresh process)."""
+    steps, batch_size, size = args.steps, args.batch_size, args.image_size
     quiet_tensorflow()
     import tensorflow as tf
 
@@ -60,10 +68,14 @@ def measure_keras(options: dict, steps: int, batch_size: int, size: int, warmup:
     from tfpipeline.training.compile import make_loss, make_optimizer
     from tfpipeline.training.metrics import training_metrics
 
-    if "mixed_precision" in options:
-        keras.mixed_precision.set_global_policy(options["mixed_precision"])
+    policy = options.get("mixed_precision", "float32")
+    if policy == "auto":  # tfpipeline's choice for this CPU, as `train --precision auto` makes it
+        from tfpipeline.hardware import choose_precision, cpu_info, visible_gpus
+
+        policy = choose_precision("auto", cpu_info(), visible_gpus()).policy
+    keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(101)
-    model = build_model(ModelConfig(), (size, size, 3), 2)
+    model = build_model(ModelConfig(name=args.model, filters=args.filters), (size, size, 3), 2)
     spe = options.get("steps_per_execution", 1)
     model.compile(
         optimizer=make_optimizer(TrainConfig(), steps),
@@ -89,7 +101,11 @@ def measure_keras(options: dict, steps: int, batch_size: int, size: int, warmup:
     model.fit(data, steps_per_epoch=chunk, epochs=epochs, verbose=0, callbacks=[ends_epochs])
     timed_steps = chunk * (epochs - 1)
     seconds = ends[-1] - ends[0]
-    return {"images_per_sec": round(timed_steps * batch_size / seconds, 1), "steps": timed_steps}
+    return {
+        "images_per_sec": round(timed_steps * batch_size / seconds, 1),
+        "steps": timed_steps,
+        "policy": policy,
+    }
 
 
 def _env(extra: dict) -> dict:
@@ -98,11 +114,13 @@ def _env(extra: dict) -> dict:
     return env
 
 
-def run_variant(name: str, args) -> float | None:
-    """Images/s of one variant in a fresh process (XLA, precision, threads, kernels are process-wide)."""
+def run_variant(name: str, args) -> dict | None:
+    """Images/s and precision of one variant, in a fresh process (XLA, precision, threads and
+    kernels are process-wide)."""
     command = [
         sys.executable, __file__, "--measure-variant", name, "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
+        "--model", args.model, "--filters", ",".join(map(str, args.filters)),
     ]  # fmt: skip
     env = VARIANTS[name].get("env")
     if env is None:  # tfpipeline's own default for this CPU
@@ -111,7 +129,7 @@ def run_variant(name: str, args) -> float | None:
     if completed.returncode != 0:
         print(f"train_step: {name} failed: {completed.stderr[-500:]}", file=sys.stderr)
         return None
-    return json.loads(completed.stdout.strip().splitlines()[-1])["images_per_sec"]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def run_torch(args, avx2: bool) -> dict:
@@ -132,6 +150,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--model", default="small_cnn", help="registry name (default small_cnn)")
+    parser.add_argument(
+        "--filters",
+        type=lambda text: tuple(int(v) for v in text.split(",") if v),
+        default=(),
+        help="conv widths, e.g. 64,256,256 (default: the model's own)",
+    )
     parser.add_argument(
         "--variants", default=",".join(DEFAULT_VARIANTS), help=f"subset of {', '.join(VARIANTS)}"
     )
@@ -144,7 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure_variant:
         options = {k: v for k, v in VARIANTS[args.measure_variant].items() if k != "env"}
-        print(json.dumps(measure_keras(options, args.steps, args.batch_size, args.image_size, 3)))
+        print(json.dumps(measure_keras(options, args, 3)))
         return
     names = [n for n in args.variants.split(",") if n]
     if args.emulate_avx2:
@@ -152,7 +177,17 @@ def main() -> None:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         sys.exit(f"train_step: unknown variant(s) {', '.join(unknown)}")
-    reason = "skipped by --no-reference" if args.no_reference else torch_available()
+    if args.model != "small_cnn":
+        from tfpipeline.models import MODELS  # loads Keras: only when another model is asked for
+
+        if args.model not in MODELS:
+            sys.exit(f"train_step: unknown --model '{args.model}'; choose from {', '.join(MODELS)}")
+    if args.no_reference:
+        reason = "skipped by --no-reference"
+    elif args.model != "small_cnn" or args.filters:
+        reason = "the PyTorch reference is small_cnn's network with its own widths"
+    else:
+        reason = torch_available()
     jobs = {name: (lambda n=name: run_variant(n, args)) for name in names}
     if not reason:
         jobs["torch"] = lambda: run_torch(args, avx2=False)
@@ -168,10 +203,15 @@ def main() -> None:
         return statistics.median(values) if values else None
 
     result: dict = {
-        "benchmark": "train_step", "model": "small_cnn", "image_size": args.image_size,
-        "batch_size": args.batch_size, **machine(),
+        "benchmark": "train_step", "model": args.model, "filters": list(args.filters),
+        "image_size": args.image_size, "batch_size": args.batch_size, **machine(),
         "tfpipeline": {
-            name: {"images_per_sec": median(figures[name]), "repeats": figures[name]} for name in names
+            name: {
+                "images_per_sec": median([run and run["images_per_sec"] for run in figures[name]]),
+                "repeats": [run and run["images_per_sec"] for run in figures[name]],
+                "policy": next((run["policy"] for run in figures[name] if run), None),
+            }
+            for name in names
         },
     }  # fmt: skip
     if reason:
@@ -191,6 +231,9 @@ def main() -> None:
     if ours:
         ratios["default_vs_faster_torch_layout"] = round(ours / best, 2)
         targets["default_vs_faster_torch_layout"] = issue_target(result["cpu"], avx2=1.5, avx512=2.5)
+    float32 = result["tfpipeline"].get("float32", {}).get("images_per_sec")
+    if float32:
+        ratios["float32_vs_faster_torch_layout"] = round(float32 / best, 2)
     if "reference_avx2" in result and result["tfpipeline"].get("avx2_tfpipeline", {}).get("images_per_sec"):
         best_avx2 = max(v["images_per_sec"] for v in result["reference_avx2"].values())
         for name in AVX2_VARIANTS:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tfpipeline.hardware import choose_precision, cpu_info
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -61,6 +63,33 @@ def test_train_step_benchmark():
     result = run_benchmark("train_step.py", *flags, "--no-reference")
     for variant in ("default", "onednn_off"):
         assert result["tfpipeline"][variant]["images_per_sec"] > 0, result
+
+
+def test_train_step_benchmark_times_a_recipe_network_without_the_small_cnn_reference():
+    flags = ["--model", "fast_resnet", "--filters", "8,16,16", "--image-size", "32", "--batch-size", "4"]
+    variants = ("--variants", "default,float32,bf16", "--repeats", "1")
+    result = run_benchmark("train_step.py", *flags, "--steps", "2", *variants)
+    assert (result["model"], result["filters"], result["image_size"]) == ("fast_resnet", [8, 16, 16], 32)
+    measured = result["tfpipeline"]
+    assert all(measured[name]["images_per_sec"] > 0 for name in ("default", "float32", "bf16"))
+    # `default` is what a run gets on this CPU: the policy `--precision auto` chooses, recorded.
+    expected = choose_precision("auto", cpu_info(), 0).policy
+    assert measured["default"]["policy"] == expected
+    assert (measured["float32"]["policy"], measured["bf16"]["policy"]) == ("float32", "mixed_bfloat16")
+    # torch's network is small_cnn's: comparing another model against it would be meaningless.
+    assert "small_cnn" in result["reference"]["skipped"] and "ratios" not in result
+
+
+def test_train_step_benchmark_names_the_models_for_an_unknown_one():
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "train_step.py"), "--model", "resnet9000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode != 0
+    assert "unknown --model 'resnet9000'" in completed.stderr and "fast_resnet" in completed.stderr
 
 
 @pytest.mark.slow
