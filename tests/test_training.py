@@ -278,3 +278,13 @@ def test_a_relative_data_folder_is_recorded_absolute_so_the_run_works_from_anywh
     monkeypatch.chdir(elsewhere)  # evaluate, predict and --resume rebuild the data from here
     assert open_run(run.path).config.data.data == recorded
     assert load_data(open_run(run.path).config.data, scaling="unit").info.class_names == ("blue", "red")
+
+
+def test_a_bfloat16_run_leaves_later_models_in_float32(tiny_run):
+    """Keras' precision policy is process-wide: a run sets it for its own model only."""
+    run = tiny_run("--precision", "bfloat16")
+    recorded = json.loads((run / "run.json").read_text())["precision"]
+    assert recorded["policy"] == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    later = build_model(ModelConfig(padding="same"), (32, 32, 3), 2)
+    assert {layer.dtype_policy.name for layer in later.layers} == {"float32"}

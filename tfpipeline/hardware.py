@@ -7,13 +7,13 @@ CPU flag strings and the same facts are recorded in run.json and in every benchm
 Decisions, each measured (benchmarks/README.md):
 
 - **Precision** (`--precision auto`): mixed float16 on a CUDA GPU; mixed bfloat16 on CPUs with
-  AMX tiles (`amx_bf16`), where it measured 1.85x faster than float32 at equal accuracy, and on
-  AMD Zen 4 (family 25 with AVX512_BF16), where it measured 1.24-1.84x faster by network; float32
+  AMX tiles (`amx_bf16`), where it measured 1.85x faster than float32 at equal accuracy; float32
   otherwise. AVX512_BF16 alone is not enough: on a Zen 5 (family 26) bfloat16 measured slower
-  than float32, on other such CPUs it is not measured, and on an AVX2-only EPYC it ran 5.6x
-  slower. Zen 4 and Zen 5 share their flags, so AMD's family number tells them apart. Why they
-  differ is not established: Zen 4 runs 512-bit float32 FMAs as two 256-bit halves (its float32
-  step measured 0.77x Zen 5's), which leaves bfloat16's two products per lane more to gain.
+  than float32, on an AVX2-only EPYC 5.6x slower. On AMD Zen 4 (family 25 with AVX512_BF16)
+  it trained 1.24-1.84x faster at the same accuracy, but a model trained in bfloat16 does not
+  export to TFLite or ONNX yet (the test suite run under bfloat16 showed it), so `auto` keeps
+  float32 there and says so in its reason; `--precision bfloat16` opts in. Zen 4 and Zen 5
+  share their flags, so AMD's family number tells them apart.
 - **oneDNN** (`TF_ENABLE_ONEDNN_OPTS`): TensorFlow turns its oneDNN kernels on by default only
   for CPUs with AVX512_VNNI/BF16/AMX-class features; on AVX2-only x86 CPUs they are off. The
   CLI turns them on for every x86 CPU with AVX2, unless the variable is already set.
@@ -261,7 +261,10 @@ def choose_precision(requested: str, cpu: CpuInfo, gpus: int) -> PrecisionChoice
         return PrecisionChoice(requested, "mixed_bfloat16", "CPU with AMX bfloat16 tiles")
     if "avx512_bf16" in cpu.flags and cpu.amd_family == 25:
         return PrecisionChoice(
-            requested, "mixed_bfloat16", "AMD Zen 4 with AVX512_BF16: bfloat16 measured 1.24-1.84x faster"
+            requested,
+            "float32",
+            "AMD Zen 4: --precision bfloat16 trained 1.24-1.84x faster at equal accuracy, but a bfloat16 "
+            "model does not export to TFLite or ONNX yet",
         )
     if "avx512_bf16" in cpu.flags:
         return PrecisionChoice(

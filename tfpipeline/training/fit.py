@@ -186,19 +186,28 @@ def init_sample(bundle: DataBundle, config: RunConfig, scaling: str) -> np.ndarr
 def build_compiled_model(config: RunConfig, prepared: Prepared) -> keras.Model:
     """The registered model for `config` under the run's precision policy, initialised from the
     training images when the model asks for it, compiled with the run's optimiser, loss and
-    metrics."""
+    metrics.
+
+    The policy is Keras' process-wide default, read when layers are created: it is set for this
+    model only and restored afterwards, so that models built later in the same process (another
+    run, a tuner trial, a notebook's next cell) do not inherit a run's bfloat16.
+    """
+    previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(prepared.precision.policy)
-    model = build_model(config.model, prepared.input_shape, prepared.num_classes)
-    data_init = get_spec(config.model.name).data_init
-    if data_init is not None and prepared.init_images is not None:
-        data_init(model, prepared.init_images)
-    return compile_model(
-        model,
-        config.train,
-        prepared.num_classes,
-        steps_per_epoch=prepared.steps_per_epoch,
-        threshold=prepared.epoch_rule.value,
-    )
+    try:
+        model = build_model(config.model, prepared.input_shape, prepared.num_classes)
+        data_init = get_spec(config.model.name).data_init
+        if data_init is not None and prepared.init_images is not None:
+            data_init(model, prepared.init_images)
+        return compile_model(
+            model,
+            config.train,
+            prepared.num_classes,
+            steps_per_epoch=prepared.steps_per_epoch,
+            threshold=prepared.epoch_rule.value,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def fit_model(
