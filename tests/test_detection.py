@@ -109,6 +109,18 @@ def test_high_pass_stems_ignore_flat_regions():
     assert np.abs(NeighbourResidual()(noisy).numpy()).max() > 0
 
 
+def test_srm_residuals_are_computed_in_float32_under_bfloat16():
+    """A one-grey-level step at a bright pixel is below bfloat16's resolution; the stem keeps it."""
+    image = np.full((1, 16, 16, 3), 200 / 255, np.float32)
+    image[0, 8, 8] += 1 / 255
+    exact = SRMFilters()(image).numpy()
+    mixed = SRMFilters(dtype="mixed_bfloat16")
+    residue = mixed(image)
+    assert residue.dtype == "bfloat16" and mixed.compute_dtype == "bfloat16"
+    np.testing.assert_allclose(np.asarray(residue, np.float32), exact, atol=1e-2)
+    assert np.abs(exact).max() > 0.1  # the step shows in the residue
+
+
 def test_crop_training_needs_a_model_of_any_size(image_folder, tmp_path):
     from tfpipeline.training import train
 

@@ -8,6 +8,7 @@ Uses the same session runs as test_export.py (`export_case`, see conftest).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -199,3 +200,30 @@ def test_serving_benchmark_quick(export_case):
     assert result["quick"] is True and result["image_size"] == [32, 32]
     assert result["cpu"]["cores"] >= 1 and "model" in result["cpu"]
     assert result["run_trained_by_benchmark"] is False and set(result["loadavg_1min"]) == {"before", "after"}
+
+
+def test_a_bfloat16_model_exports_to_tflite_and_onnx_through_a_float32_copy(tiny_run, tmp_path):
+    import keras
+
+    from tfpipeline.evaluation.run_context import load_run_model, open_run
+    from tfpipeline.export.tflite import as_float32
+
+    run = tiny_run("--precision", "bfloat16")
+    model = load_run_model(open_run(run))
+    assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in model.layers}
+    copy = as_float32(model)
+    assert {layer.dtype_policy.name for layer in copy._flatten_layers()} == {"float32"}
+    for trained, copied in zip(model.weights, copy.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(trained), keras.ops.convert_to_numpy(copied))
+    pixels = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        copy(pixels), np.asarray(model(pixels), np.float32), atol=0.02
+    )  # bf16's rounding
+    assert as_float32(copy) is copy  # a float32 model is used as it is
+
+    formats = ["tflite"] + (["onnx"] if importlib.util.find_spec("tf2onnx") else [])
+    for fmt in formats:
+        result = export_run(run, out=tmp_path / fmt, fmt=fmt)
+        report = result.metadata[fmt]
+        assert report["num_images"] > 0 and report["agreement_pct"] is not None, report
+        assert (result.path / f"model.{fmt}").stat().st_size == report["size_bytes"]

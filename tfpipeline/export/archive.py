@@ -93,17 +93,18 @@ def write_keras(model: Any, folder: Path, checkpoint: Path) -> None:
 
 
 def write_tflite(model: Any, spec: ServingSpec, folder: Path, config: Any) -> dict[str, Any]:
-    from tfpipeline.export.tflite import convert_to_tflite, tflite_report
+    from tfpipeline.export.tflite import as_float32, convert_to_tflite, tflite_report
 
-    flatbuffer = convert_to_tflite(model, spec)
+    flatbuffer = convert_to_tflite(as_float32(model), spec)
     (folder / "model.tflite").write_bytes(flatbuffer)
     return tflite_report(flatbuffer, model, spec, config)
 
 
 def write_onnx(model: Any, spec: ServingSpec, folder: Path, config: Any) -> dict[str, Any]:
     from tfpipeline.export.onnx_export import convert_to_onnx, onnx_report
+    from tfpipeline.export.tflite import as_float32
 
-    serialised = convert_to_onnx(model, spec)
+    serialised = convert_to_onnx(as_float32(model), spec)
     (folder / "model.onnx").write_bytes(serialised)
     return onnx_report(serialised, model, spec, config)
 

@@ -51,8 +51,11 @@ class SRMFilters(layers.Layer):
         self.kernel = np.repeat(SRM_KERNELS[:, :, None, :], channels, axis=2)
 
     def call(self, images):
-        residue = ops.depthwise_conv(images * 255.0, ops.convert_to_tensor(self.kernel), 1, padding="same")
-        return ops.clip(residue, -SRM_TRUNCATE, SRM_TRUNCATE) / SRM_TRUNCATE
+        # In float32 whatever the compute dtype: residuals of a few grey levels out of 255 are
+        # below bfloat16's resolution (8 significant bits) at bright pixels.
+        pixels = ops.cast(images, "float32") * 255.0
+        residue = ops.depthwise_conv(pixels, ops.convert_to_tensor(self.kernel, "float32"), 1, padding="same")
+        return ops.cast(ops.clip(residue, -SRM_TRUNCATE, SRM_TRUNCATE) / SRM_TRUNCATE, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], 3 * input_shape[-1])
