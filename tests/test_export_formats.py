@@ -216,9 +216,8 @@ def test_a_bfloat16_model_exports_to_tflite_and_onnx_through_a_float32_copy(tiny
     for trained, copied in zip(model.weights, copy.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(trained), keras.ops.convert_to_numpy(copied))
     pixels = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(
-        copy(pixels), np.asarray(model(pixels), np.float32), atol=0.02
-    )  # bf16's rounding
+    # The copy computes in float32, the trained model in bfloat16: they agree to its rounding.
+    np.testing.assert_allclose(copy(pixels), np.asarray(model(pixels), np.float32), atol=0.02)
     assert as_float32(copy) is copy  # a float32 model is used as it is
 
     formats = ["tflite"] + (["onnx"] if importlib.util.find_spec("tf2onnx") else [])
