@@ -6,6 +6,7 @@ scripts work and report the fields their README promises.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -90,6 +91,76 @@ def test_train_step_benchmark_names_the_models_for_an_unknown_one():
     )
     assert completed.returncode != 0
     assert "unknown --model 'resnet9000'" in completed.stderr and "fast_resnet" in completed.stderr
+
+
+def load_benchmark(script: str):
+    """A benchmark script as a module, for its pure functions."""
+    spec = importlib.util.spec_from_file_location(Path(script).stem, BENCHMARKS / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CONV2 = "mb32_ic16oc32_ih111oh109kh3sh1dh0ph0_iw111ow109kw3sw1dw0pw0"  # small_cnn's 2nd convolution
+POOL1 = "mb32ic16_ih222oh111kh2sh2dh0ph0_iw222ow111kw2sw2dw0pw0"
+
+
+def onednn_line(event: str, kind: str, implementation: str, direction: str, problem: str, ms) -> str:
+    """One line of oneDNN 3.7's verbose log as TensorFlow's training step writes it (the memory
+    descriptors shortened)."""
+    fields = ["onednn_verbose", "v1", "primitive", event, "cpu", kind, implementation, direction]
+    return ",".join([*fields, "src:f32::blocked:acdb::f0", "", "alg:direct", problem, str(ms)])
+
+
+def onednn_step(backward_weights: float, forward: float, reorder: float, pool: float) -> list[str]:
+    """The log of one step: two convolution passes, a reorder called twice, a pooling pass."""
+    return [
+        onednn_line("exec", "convolution", "jit:avx512_core", "backward_weights", CONV2, backward_weights),
+        onednn_line("exec", "convolution", "brg_conv_fwd:avx512_core", "forward_training", CONV2, forward),
+        onednn_line("exec", "reorder", "jit:uni", "undef", "16x3x3x3", reorder),
+        onednn_line("exec", "reorder", "jit:uni", "undef", "16x3x3x3", reorder),
+        onednn_line("exec", "pooling", "jit:avx512_core", "backward_data", POOL1, pool),
+    ]
+
+
+def test_profile_step_ranks_onednn_primitives_by_their_time_per_step():
+    profile_step = load_benchmark("profile_step.py")
+    log = [
+        "onednn_verbose,v1,info,oneDNN v3.7.3 (commit N/A)",
+        onednn_line("create:cache_miss", "convolution", "jit:avx512_core", "backward_weights", CONV2, 0.5),
+        *onednn_step(90.0, 30.0, 1.0, 5.0),  # the first step: primitives created, caches cold
+        *onednn_step(54.0, 17.0, 1.0, 4.0),
+        *onednn_step(50.0, 18.0, 2.0, 4.0),
+    ]
+    result = profile_step.primitive_times(log, steps=3, top=3)
+    rows = result["primitives"]
+    # Medians of 3 calls (the cold first one does not count); the info and create lines are not calls.
+    assert [(r["kind"], r["pass"], r["median_ms"], r["calls"]) for r in rows] == [
+        ("convolution", "backward_weights", 54.0, 3),
+        ("convolution", "forward_training", 18.0, 3),
+        ("pooling", "backward_data", 4.0, 3),
+    ]
+    # A primitive called twice per step counts twice: the reorder (median 1 ms, 6 calls) is 2 ms a step.
+    assert result["step_ms"] == pytest.approx(54 + 18 + 2 + 4)
+    assert rows[0]["share"] == pytest.approx(54 / 78, abs=1e-3)
+    # The same convolution's forward and backward-weights passes do the same work: 2*32*109*109*32*16*9
+    # = 3.5 GFLOP, so their rates differ by their times (here 3x).
+    flops = 2 * 32 * 109 * 109 * 32 * 16 * 9
+    assert rows[1]["gflops_per_sec"] == pytest.approx(flops / 18.0 / 1e6, rel=1e-3)
+    assert rows[0]["gflops_per_sec"] == pytest.approx(rows[1]["gflops_per_sec"] / 3, rel=1e-2)
+    assert "gflops_per_sec" not in rows[2]  # pooling: no convolution arithmetic
+    assert profile_step.conv_flops("mb32ic16_ih222oh111kh2sh2") is None
+
+
+@pytest.mark.slow  # a new process importing TensorFlow (~12 s); run with -m slow
+def test_profile_step_reads_onednn_log_of_a_real_step():
+    flags = ("--primitives", "--settings", "onednn_on", "--steps", "1", "--image-size", "64", "--top", "50")
+    measured = run_benchmark("profile_step.py", *flags)["settings"]["onednn_on"]
+    assert measured["images_per_sec"] > 0 and measured["step_ms"] > 0
+    passes = {(row["kind"], row["pass"]) for row in measured["primitives"]}
+    # small_cnn's four convolutions train through oneDNN (forced on, as on any x86 CPU).
+    assert {("convolution", "forward_training"), ("convolution", "backward_weights")} <= passes
+    assert sum(row["share"] for row in measured["primitives"]) == pytest.approx(1.0, abs=0.01)
 
 
 @pytest.mark.slow
