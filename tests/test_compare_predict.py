@@ -205,12 +205,14 @@ def test_predict_matches_training_pipeline(runs):
     from tfpipeline.data import load_data
     from tfpipeline.evaluation.predict import load_predictor, predict_files
     from tfpipeline.evaluation.run_report import class_probabilities
+    from tfpipeline.models.precision import as_float32
     from tfpipeline.training import RunFolder
 
     run = RunFolder.open(runs["vanilla"])
     config = run.read_config()
     bundle = load_data(config.data, scaling=json.loads(run.run_file.read_text())["scaling"])
-    model = keras.models.load_model(run.best_checkpoint, compile=False)
+    # In float32, as every prediction after training, whatever precision trained the run.
+    model = as_float32(keras.models.load_model(run.best_checkpoint, compile=False))
     expected = class_probabilities(model.predict(bundle.val, verbose=0), 2, bundle.info.positive_index)
 
     predictor = load_predictor(run.path)

@@ -13,6 +13,7 @@ from tfpipeline.config import AugmentConfig, DataConfig, ModelConfig, RunConfig,
 from tfpipeline.data.regions import FACE_LAYOUT, REGIONS
 from tfpipeline.errors import UserError
 from tfpipeline.models import build_model, main_model
+from tfpipeline.models.precision import as_float32
 from tfpipeline.models.region_crops import RegionCropModel, RegionCrops, region_class_targets
 
 
@@ -215,7 +216,7 @@ def test_a_region_crop_run_trains_evaluates_explains_and_exports(tmp_path):
     fake_metrics = json.loads((fake_run / "evaluation" / "test" / "metrics.json").read_text())
     for folder, report, flip in ((run, metrics, True), (fake_run, fake_metrics, False)):
         full = keras.models.load_model(open_run(folder).run.model_checkpoint(), compile=False)
-        output = np.asarray(full.network(x, training=False)[1])
+        output = np.asarray(as_float32(full.network)(x, training=False)[1])  # float32, as evaluate
         edited = 1.0 - output if flip else output
         for r, region in enumerate(REGIONS):
             if region in report["region_head"]:

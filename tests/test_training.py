@@ -288,3 +288,25 @@ def test_a_bfloat16_run_leaves_later_models_in_float32(tiny_run):
     assert keras.mixed_precision.global_policy().name == "float32"
     later = build_model(ModelConfig(padding="same"), (32, 32, 3), 2)
     assert {layer.dtype_policy.name for layer in later.layers} == {"float32"}
+
+
+def test_a_bfloat16_run_hands_over_a_float32_model_that_its_report_describes(image_folder, tmp_path):
+    """Mixed precision speeds up training only: the model a run returns, and that its report
+    scores, computes in float32 with the trained weights."""
+    from tfpipeline.workflow import run_training
+
+    config = RunConfig(
+        data=DataConfig(data=str(image_folder), image_size=(32, 32), batch_size=4),
+        model=ModelConfig(padding="same"),
+        train=TrainConfig(epochs=1, precision="bfloat16", run_dir=str(tmp_path)),
+    )
+    result = run_training(config, verbose=0)
+    trained = keras.models.load_model(result.run.model_checkpoint(), compile=False)
+    assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in trained.layers}
+    assert {layer.dtype_policy.name for layer in result.model._flatten_layers()} == {"float32"}
+    # The report's validation probabilities are the float32 model's, not the bfloat16 one's.
+    reported = pd.read_csv(result.run.path / "predictions_val.csv")
+    probs = class_probabilities(
+        result.model.predict(result.bundle.val, verbose=0), 2, result.bundle.info.positive_index
+    )
+    np.testing.assert_allclose(reported["p_red"], probs[:, 1], atol=1e-6)

@@ -7,13 +7,13 @@ CPU flag strings and the same facts are recorded in run.json and in every benchm
 Decisions, each measured (benchmarks/README.md):
 
 - **Precision** (`--precision auto`): mixed float16 on a CUDA GPU; mixed bfloat16 on CPUs with
-  AMX tiles (`amx_bf16`), where it measured 1.85x faster than float32 at equal accuracy; float32
-  otherwise. AVX512_BF16 alone is not enough: on a Zen 5 (family 26) bfloat16 measured slower
-  than float32, on an AVX2-only EPYC 5.6x slower. On AMD Zen 4 (family 25 with AVX512_BF16)
-  it trained 1.24-1.84x faster at the same accuracy, but the test suite run with it as the
-  default showed a bfloat16 model's exports agreeing with Keras only to ~1e-3 and a Grad-CAM map
-  vanishing, so `auto` keeps float32 there and says so in its reason; `--precision bfloat16`
-  opts in. Zen 4 and Zen 5 share their flags, so AMD's family number tells them apart.
+  AMX tiles (`amx_bf16`), where it measured 1.85x faster than float32 at equal accuracy, and on
+  AMD Zen 4 (family 25 with AVX512_BF16), where it trained 1.24-1.84x faster by network
+  (`cifar10` 0.907 in either precision); float32 otherwise. AVX512_BF16 alone is not enough: on a
+  Zen 5 (family 26), with the same flags as Zen 4, bfloat16 measured slower than float32, on an
+  AVX2-only EPYC 5.6x slower; AMD's family number tells Zen 4 from Zen 5. Mixed precision is a
+  training speed-up only: the trained model predicts, explains and exports in float32
+  (:mod:`tfpipeline.models.precision`).
 - **oneDNN** (`TF_ENABLE_ONEDNN_OPTS`): TensorFlow turns its oneDNN kernels on by default only
   for CPUs with AVX512_VNNI/BF16/AMX-class features; on AVX2-only x86 CPUs they are off. The
   CLI turns them on for every x86 CPU with AVX2, unless the variable is already set.
@@ -262,9 +262,9 @@ def choose_precision(requested: str, cpu: CpuInfo, gpus: int) -> PrecisionChoice
     if "avx512_bf16" in cpu.flags and cpu.amd_family == 25:
         return PrecisionChoice(
             requested,
-            "float32",
-            "AMD Zen 4: --precision bfloat16 trained 1.24-1.84x faster at equal accuracy, but its exports "
-            "and Grad-CAM are less exact",
+            "mixed_bfloat16",
+            "AMD Zen 4 with AVX512_BF16: bfloat16 trained 1.24-1.84x faster at equal accuracy "
+            "(the trained model predicts and exports in float32; --precision float32 to train in it)",
         )
     if "avx512_bf16" in cpu.flags:
         return PrecisionChoice(

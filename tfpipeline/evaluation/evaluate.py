@@ -268,8 +268,11 @@ def _region_probs(context: RunContext, dataset) -> np.ndarray:
     crops' probabilities of --region-crops)."""
     import keras
 
+    from tfpipeline.models.precision import as_float32
+
     full = keras.models.load_model(context.run.model_checkpoint(), compile=False)
-    return np.concatenate([np.asarray(full.network(x, training=False)[1]) for x, _ in dataset])
+    network = as_float32(full.network)  # as the classifier's probabilities (load_run_model)
+    return np.concatenate([np.asarray(network(x, training=False)[1]) for x, _ in dataset])
 
 
 def _safe_name(location: str) -> str:

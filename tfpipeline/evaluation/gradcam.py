@@ -31,6 +31,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from tfpipeline.evaluation.plots import _displayable
+from tfpipeline.models.precision import as_float32
 from tfpipeline.models.region_crops import region_crop_layer
 
 CONV_TYPES = (
@@ -72,8 +73,11 @@ def gradcam_heatmaps(
 
     The class score differentiated is the log-probability: its gradient is the probability's
     gradient divided by the (per-image) probability, so the normalised heatmap is the same but
-    does not vanish numerically for confident predictions.
+    does not vanish numerically for confident predictions. A model trained in mixed precision is
+    explained through its float32 copy (:func:`~tfpipeline.models.precision.as_float32`), the
+    model whose predictions evaluate reports.
     """
+    model = as_float32(model)
     images = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
     if images.shape.rank != 4:
         raise ValueError(f"images must have shape (N, H, W, C), got {tuple(images.shape)}")

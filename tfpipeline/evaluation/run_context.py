@@ -103,17 +103,19 @@ def run_rule(
 
 
 def load_run_model(context: RunContext):
-    """The run's best checkpoint (last when there is no best), uncompiled (without TTA: wrap it
-    with :func:`tfpipeline.models.tta.with_tta` to predict as the run does)."""
+    """The run's best checkpoint (last when there is no best), uncompiled, computing in float32
+    whatever precision it was trained in (:mod:`tfpipeline.models.precision`); without TTA: wrap
+    it with :func:`tfpipeline.models.tta.with_tta` to predict as the run does."""
     import keras
 
     import tfpipeline.models  # noqa: F401  (registers ResNet50Preprocess for deserialisation)
     import tfpipeline.training.metrics  # noqa: F401  (registers the macro metrics)
     from tfpipeline.models import main_model
+    from tfpipeline.models.precision import as_float32
 
     path = context.run.model_checkpoint()
     try:
-        return main_model(keras.models.load_model(path, compile=False))
+        return as_float32(main_model(keras.models.load_model(path, compile=False)))
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot load the checkpoint ({exc})") from exc
 

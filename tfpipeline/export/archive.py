@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,24 +88,37 @@ def write_model_card(folder: Path, metadata: dict[str, Any]) -> Path:
     return path
 
 
-def write_keras(model: Any, folder: Path, checkpoint: Path) -> None:
-    """Copy the run's checkpoint as `model.keras` (it already is a complete .keras file)."""
-    shutil.copy2(checkpoint, folder / "model.keras")
+def write_keras(plain: Any, folder: Path, checkpoint: Path) -> None:
+    """Copy the run's checkpoint as `model.keras` (it already is a complete .keras file); of a
+    model trained in mixed precision, save its float32 copy `plain` instead, which computes
+    what evaluate reported (:mod:`tfpipeline.models.precision`)."""
+    if trained_in_mixed_precision(checkpoint):
+        plain.save(folder / "model.keras")
+    else:
+        shutil.copy2(checkpoint, folder / "model.keras")
+
+
+def trained_in_mixed_precision(checkpoint: Path) -> bool:
+    """Whether a .keras file's model computes in a mixed policy (its config names one)."""
+    from tfpipeline.models.precision import MIXED_POLICIES
+
+    with zipfile.ZipFile(checkpoint) as archive:
+        config = archive.read("config.json").decode()
+    return any(f'"{policy}"' in config for policy in MIXED_POLICIES)
 
 
 def write_tflite(model: Any, spec: ServingSpec, folder: Path, config: Any) -> dict[str, Any]:
-    from tfpipeline.export.tflite import as_float32, convert_to_tflite, tflite_report
+    from tfpipeline.export.tflite import convert_to_tflite, tflite_report
 
-    flatbuffer = convert_to_tflite(as_float32(model), spec)
+    flatbuffer = convert_to_tflite(model, spec)
     (folder / "model.tflite").write_bytes(flatbuffer)
     return tflite_report(flatbuffer, model, spec, config)
 
 
 def write_onnx(model: Any, spec: ServingSpec, folder: Path, config: Any) -> dict[str, Any]:
     from tfpipeline.export.onnx_export import convert_to_onnx, onnx_report
-    from tfpipeline.export.tflite import as_float32
 
-    serialised = convert_to_onnx(as_float32(model), spec)
+    serialised = convert_to_onnx(model, spec)
     (folder / "model.onnx").write_bytes(serialised)
     return onnx_report(serialised, model, spec, config)
 
@@ -197,7 +211,7 @@ def export_run(
             model_dir.rmdir()
             meta_path = temporary / "assets" / METADATA_FILE
         elif fmt == "keras":
-            write_keras(model, temporary, context.run.model_checkpoint())
+            write_keras(plain, temporary, context.run.model_checkpoint())
             meta_path = temporary / METADATA_FILE
         elif fmt == "tflite":
             metadata["tflite"] = write_tflite(model, spec, temporary, context.config)

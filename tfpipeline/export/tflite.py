@@ -27,36 +27,6 @@ log = logging.getLogger(__name__)
 PROB_TOLERANCE = 1e-3
 
 
-def as_float32(model: Any) -> Any:
-    """`model` with every layer computing in float32: itself, or a copy with the same weights.
-
-    A model trained under mixed bfloat16 or float16 computes in that type, which TFLite's builtin
-    kernels and ONNX's reference runtime do not accept (measured: "'tf.Conv2D' op is neither a
-    custom op nor a flex op"; "Input type mismatch: float16 != bfloat16"). Its weights are float32
-    already, so the copy is rebuilt from the model's own config with the policy set to float32.
-    """
-    import keras
-
-    mixed = ("mixed_bfloat16", "mixed_float16")
-    if all(layer.dtype_policy.name not in mixed for layer in model._flatten_layers()):
-        return model
-
-    def to_float32(node: Any) -> Any:
-        if isinstance(node, dict):
-            if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(
-                node.get("config"), dict
-            ):
-                return {**node, "config": {**node["config"], "name": "float32"}}
-            return {key: to_float32(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [to_float32(value) for value in node]
-        return "float32" if node in mixed else node
-
-    copy = keras.saving.deserialize_keras_object(to_float32(keras.saving.serialize_keras_object(model)))
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def convert_to_tflite(model: Any, spec: ServingSpec) -> bytes:
     """The flatbuffer of `pixels [N, H, W, C] float32 0..255 -> probabilities [N, K]`.
 

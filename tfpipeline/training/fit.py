@@ -30,6 +30,7 @@ from tfpipeline.decision import DecisionRule
 from tfpipeline.errors import UserError
 from tfpipeline.hardware import PrecisionChoice, choose_precision, cpu_info, machine_record, visible_gpus
 from tfpipeline.models import MODELS, build_model, get_spec, main_model, parameter_counts
+from tfpipeline.models.precision import as_float32
 from tfpipeline.training.callbacks import make_callbacks
 from tfpipeline.training.compile import compile_model
 from tfpipeline.training.metrics import monitor_metric
@@ -40,7 +41,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """What a finished training run hands to evaluation and export."""
+    """What a finished training run hands to evaluation and export (`model`: the best or last
+    checkpoint, computing in float32 whatever precision trained it: see
+    :mod:`tfpipeline.models.precision`)."""
 
     run: RunFolder
     config: RunConfig
@@ -347,7 +350,7 @@ def train(
     return TrainResult(
         run=run,
         config=config,
-        model=main_model(keras.models.load_model(best_path)),
+        model=as_float32(main_model(keras.models.load_model(best_path))),  # predicts in float32
         bundle=bundle,
         history=history,
         scaling=prepared.scaling,
