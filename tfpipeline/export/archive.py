@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,23 +87,17 @@ def write_model_card(folder: Path, metadata: dict[str, Any]) -> Path:
     return path
 
 
-def write_keras(plain: Any, folder: Path, checkpoint: Path) -> None:
+def write_keras(plain: Any, folder: Path, checkpoint: Path, trained_policy: str | None) -> None:
     """Copy the run's checkpoint as `model.keras` (it already is a complete .keras file); of a
-    model trained in mixed precision, save its float32 copy `plain` instead, which computes
-    what evaluate reported (:mod:`tfpipeline.models.precision`)."""
-    if trained_in_mixed_precision(checkpoint):
+    model trained in mixed precision (`trained_policy`, as run.json records it), save its
+    float32 copy `plain` instead, which computes what evaluate reported
+    (:mod:`tfpipeline.models.precision`)."""
+    from tfpipeline.models.precision import MIXED_POLICIES
+
+    if trained_policy in MIXED_POLICIES:
         plain.save(folder / "model.keras")
     else:
         shutil.copy2(checkpoint, folder / "model.keras")
-
-
-def trained_in_mixed_precision(checkpoint: Path) -> bool:
-    """Whether a .keras file's model computes in a mixed policy (its config names one)."""
-    from tfpipeline.models.precision import MIXED_POLICIES
-
-    with zipfile.ZipFile(checkpoint) as archive:
-        config = archive.read("config.json").decode()
-    return any(f'"{policy}"' in config for policy in MIXED_POLICIES)
 
 
 def write_tflite(model: Any, spec: ServingSpec, folder: Path, config: Any) -> dict[str, Any]:
@@ -211,7 +204,8 @@ def export_run(
             model_dir.rmdir()
             meta_path = temporary / "assets" / METADATA_FILE
         elif fmt == "keras":
-            write_keras(plain, temporary, context.run.model_checkpoint())
+            trained_policy = (context.info.get("precision") or {}).get("policy")
+            write_keras(plain, temporary, context.run.model_checkpoint(), trained_policy)
             meta_path = temporary / METADATA_FILE
         elif fmt == "tflite":
             metadata["tflite"] = write_tflite(model, spec, temporary, context.config)

@@ -1,13 +1,13 @@
 """A trained model for inference: float32, whatever precision it was trained in.
 
-Mixed precision (`--precision bfloat16`, and `auto` on CPUs with AMX) is a training speed-up: the
-weights stay float32, only the layers' arithmetic runs in bfloat16. Predicting in bfloat16 too
-would make every number after training depend on it: the probabilities `evaluate` reports, the
-threshold chosen on them, Grad-CAM (whose gradients vanished in bfloat16: an all-zero map, measured
-on an AMD Zen 4) and the exports (TFLite's builtin kernels and ONNX's runtime do not accept
-bfloat16 at all; a SavedModel would serve bfloat16's rounding). So a run's trained model is
-rebuilt in float32 with the same weights before anything predicts with it: evaluation, Grad-CAM,
-`predict` and every export compute the same float32 numbers.
+Mixed precision (`--precision bfloat16`, and `auto` on CPUs with AMX and on AMD Zen 4) is a
+training speed-up: the weights stay float32, only the layers' arithmetic runs in bfloat16.
+Predicting in bfloat16 too would make every number after training depend on it: the
+probabilities `evaluate` reports, the threshold chosen on them, Grad-CAM, and the exports (TFLite's
+builtin kernels and ONNX's runtime do not accept bfloat16 at all, so their float32 copies agreed
+with a bfloat16 evaluation only to ~1e-3; a SavedModel would serve bfloat16's rounding). So a
+run's trained model is rebuilt in float32 with the same weights before anything predicts with it:
+evaluation, Grad-CAM, `predict` and every export compute the same float32 numbers.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ def as_float32(model: Any) -> Any:
     """
     import keras
 
-    mixed = MIXED_POLICIES
-    if all(layer.dtype_policy.name not in mixed for layer in model._flatten_layers()):
+    if all(layer.dtype_policy.name not in MIXED_POLICIES for layer in model._flatten_layers()):
         return model
 
     def to_float32(node: Any) -> Any:
@@ -41,7 +40,7 @@ def as_float32(model: Any) -> Any:
             return {key: to_float32(value) for key, value in node.items()}
         if isinstance(node, list):
             return [to_float32(value) for value in node]
-        return "float32" if node in mixed else node
+        return "float32" if node in MIXED_POLICIES else node
 
     copy = keras.saving.deserialize_keras_object(to_float32(keras.saving.serialize_keras_object(model)))
     copy.set_weights(model.get_weights())
