@@ -21,8 +21,16 @@ which pass of which layer runs below what the CPU does elsewhere. The log goes t
 logging every call cost nothing measurable (small_cnn on an AMD Zen 4: 125.8 images/s logged, the
 same as the profiler's unlogged run).
 
+`--inter-op N` sets TensorFlow's inter-op threads in the measured process (0: TensorFlow's default,
+one per core). `--primitives` runs with 1 unless told otherwise: with more, TensorFlow runs
+independent ops at once, such as a layer's backward-data and backward-weights convolutions, each
+on the same two-thread pool, and every call's logged time then includes the other's share of the
+cores (small_cnn on an AMD Zen 4: 36-51 ms per backward call with the default against 18-25 ms
+with 1, at the same step rate). The JSON records the setting, the step's wall time and the part of
+it outside oneDNN's primitives.
+
     python benchmarks/profile_step.py [--model small_cnn] [--settings onednn_off,onednn_on] [--top 8]
-    python benchmarks/profile_step.py --primitives [--settings onednn_on]
+    python benchmarks/profile_step.py --primitives [--settings onednn_on] [--inter-op 1]
 
 Needs `pip install xprof` (benchmark-only) without `--primitives`. Prints one JSON object.
 """
@@ -52,11 +60,17 @@ SETTINGS = {
 }
 
 
-def profile(model_name: str, size: int, batch: int, steps: int, top: int, trace: bool = True) -> dict:
+def profile(
+    model_name: str, size: int, batch: int, steps: int, top: int, trace: bool = True, inter_op: int = 0
+) -> dict:
     """Inside a fresh process: images/s of `steps` steps, and the top ops of their profile
-    (without `trace`: only the rate, for `--primitives`, whose log is the process's output)."""
+    (without `trace`: only the rate, for `--primitives`, whose log is the process's output).
+    `inter_op`: TensorFlow's inter-op threads (0: its default)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
+
+    if inter_op:  # before any op runs: the pools are created with the first one
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
     from tfpipeline.config import ModelConfig, TrainConfig
     from tfpipeline.models import build_model
@@ -158,11 +172,20 @@ def main() -> None:
     parser.add_argument(
         "--primitives", action="store_true", help="oneDNN's per-primitive times (ONEDNN_VERBOSE) instead"
     )
+    parser.add_argument(
+        "--inter-op",
+        type=int,
+        help="TensorFlow's inter-op threads, 0 for its default (default: 1 with --primitives, else 0)",
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one setting, in-process
     args = parser.parse_args()
+    inter_op = (1 if args.primitives else 0) if args.inter_op is None else args.inter_op
+    if inter_op < 0:
+        parser.error(f"--inter-op must be 0 (TensorFlow's default) or more, not {inter_op}")
     if args.measure:
         trace = not args.primitives
-        print(json.dumps(profile(args.model, args.image_size, args.batch_size, args.steps, args.top, trace)))
+        sizes = (args.model, args.image_size, args.batch_size, args.steps, args.top)
+        print(json.dumps(profile(*sizes, trace, inter_op)))
         return
     if not args.primitives and importlib.util.find_spec("xprof") is None:
         sys.exit("profile_step: needs the profiler's converter: pip install xprof (benchmark-only)")
@@ -178,7 +201,8 @@ def main() -> None:
         command = [
             sys.executable, __file__, "--measure", name, "--model", args.model, "--steps", str(args.steps),
             "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-            "--top", str(args.top), *(["--primitives"] if args.primitives else []),
+            "--top", str(args.top), "--inter-op", str(inter_op),
+            *(["--primitives"] if args.primitives else []),
         ]  # fmt: skip
         # Output to a file, not a pipe: oneDNN flushes every logged call, and through a pipe that
         # halved the step's rate (2 cores, AMD Zen 4), to a file it cost little.
@@ -193,14 +217,20 @@ def main() -> None:
                 "error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"
             }
             continue
-        result["settings"][name] = {"env": SETTINGS[name], **json.loads(output[-1])}
+        measured = {"env": SETTINGS[name], "inter_op_threads": inter_op or "default"}
+        measured.update(json.loads(output[-1]))
+        result["settings"][name] = measured
         if args.primitives:
             if name == "onednn_off":
-                result["settings"][name]["primitives"] = "none: oneDNN is off"
+                measured["primitives"] = "none: oneDNN is off"
                 continue
-            result["settings"][name]["images_per_sec_note"] = "with every oneDNN call logged"
-            logged = result["settings"][name].pop("steps_logged")
-            result["settings"][name].update(primitive_times(output, logged, args.top))
+            measured["images_per_sec_note"] = "with every oneDNN call logged"
+            measured.update(primitive_times(output, measured.pop("steps_logged"), args.top))
+            # What the step takes on the clock, and how much of it no oneDNN primitive accounts for
+            # (TensorFlow's own ops, such as ReluGrad and the optimizer's updates); negative when
+            # calls overlapped (more than one inter-op thread).
+            measured["wall_step_ms"] = round(1000 * args.batch_size / measured["images_per_sec"], 2)
+            measured["outside_primitives_ms"] = round(measured["wall_step_ms"] - measured["step_ms"], 2)
     emit(result)
 
 

@@ -161,6 +161,25 @@ def test_profile_step_reads_onednn_log_of_a_real_step():
     # small_cnn's four convolutions train through oneDNN (forced on, as on any x86 CPU).
     assert {("convolution", "forward_training"), ("convolution", "backward_weights")} <= passes
     assert sum(row["share"] for row in measured["primitives"]) == pytest.approx(1.0, abs=0.01)
+    # Calls timed one at a time by default (overlapping calls would each count the other's time),
+    # and the step's clock time set beside the primitives' sum.
+    assert measured["inter_op_threads"] == 1
+    assert measured["wall_step_ms"] == pytest.approx(1000 * 32 / measured["images_per_sec"], rel=0.01)
+    assert measured["outside_primitives_ms"] == pytest.approx(
+        measured["wall_step_ms"] - measured["step_ms"], abs=0.02
+    )
+
+
+def test_profile_step_refuses_a_negative_inter_op_count():
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "profile_step.py"), "--primitives", "--inter-op", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "--inter-op must be 0 (TensorFlow's default) or more, not -1" in completed.stderr
 
 
 @pytest.mark.slow
