@@ -25,8 +25,8 @@ same as the profiler's unlogged run).
 one per core). `--primitives` runs with 1 unless told otherwise: with more, TensorFlow runs
 independent ops at once, such as a layer's backward-data and backward-weights convolutions, each
 on the same two-thread pool, and every call's logged time then includes the other's share of the
-cores (small_cnn on an AMD Zen 4: 36-51 ms per backward call with the default against 18-25 ms
-with 1, at the same step rate). The JSON records the setting, the step's wall time and the part of
+cores (small_cnn on an AMD Zen 4, its two largest layers: 31-48 ms per backward call with the
+default against 16-26 ms with 1, while the unlogged step runs at the same rate either way). The JSON records the setting, the step's wall time and the part of
 it outside oneDNN's primitives.
 
     python benchmarks/profile_step.py [--model small_cnn] [--settings onednn_off,onednn_on] [--top 8]
