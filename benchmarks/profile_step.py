@@ -26,8 +26,8 @@ one per core). `--primitives` runs with 1 unless told otherwise: with more, Tens
 independent ops at once, such as a layer's backward-data and backward-weights convolutions, each
 on the same two-thread pool, and every call's logged time then includes the other's share of the
 cores (small_cnn on an AMD Zen 4, its two largest layers: 31-48 ms per backward call with the
-default against 16-26 ms with 1, while the unlogged step runs at the same rate either way). The JSON records the setting, the step's wall time and the part of
-it outside oneDNN's primitives.
+default against 16-26 ms with 1, while the unlogged step runs at the same rate either way). The
+JSON records the setting, the step's wall time and the part of it outside oneDNN's primitives.
 
     python benchmarks/profile_step.py [--model small_cnn] [--settings onednn_off,onednn_on] [--top 8]
     python benchmarks/profile_step.py --primitives [--settings onednn_on] [--inter-op 1]
